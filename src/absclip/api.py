@@ -1,0 +1,247 @@
+"""The Python API: load a model, give it classes (and descriptions), classify images.
+
+Example:
+    >>> import absclip                                                      # doctest: +SKIP
+    >>> clf = absclip.load("ViT-B-16", pretrained="openai")                 # doctest: +SKIP
+    >>> clf.set_classes(["cat", "dog"], descriptions="cupl.json")           # doctest: +SKIP
+    >>> clf.classify("photo.jpg", top=2)                                    # doctest: +SKIP
+    [{'label': 'cat', 'score': 0.93}, {'label': 'dog', 'score': 0.07}]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .config import ABSConfig, WCAConfig
+from .data import ImageItem, make_item
+from .errors import AbsclipError
+from .methods import Method, TextInputs, create_method, get_method_class
+from .models import AttentionSource, ClipBackbone, load_attention, load_clip
+from .pipeline import BatchContext
+from .text import ClassList, TextEncoder, load_classes, read_text_source
+
+ImageLike = str | os.PathLike | Image.Image | ImageItem
+
+
+class Classifier:
+    """A CLIP backbone, an attention source (loaded when a method needs it) and a class text bank.
+
+    Args:
+        backbone: from :func:`absclip.models.load_clip`.
+        attention_model: ``facebook/dino-vitb16`` (default), a local transformers directory, or
+            ``clip`` to use the CLIP model's own last-layer attention.
+        abs_config / wca_config: method settings (defaults: the reference's).
+        seed: run seed; every image draws its crops from (seed, image content).
+        batch_size: images per batch (never changes results).
+        view_batch: views per image-encoder call.
+        cache_dir / use_cache: text-embedding cache.
+    """
+
+    def __init__(
+        self,
+        backbone: ClipBackbone,
+        *,
+        attention_model: str | AttentionSource | None = None,
+        abs_config: ABSConfig | None = None,
+        wca_config: WCAConfig | None = None,
+        seed: int = 0,
+        batch_size: int = 8,
+        view_batch: int = 256,
+        attention_layer: int = -1,
+        cache_dir: str | None = None,
+        use_cache: bool = True,
+    ) -> None:
+        self.backbone = backbone
+        self._attention_spec = attention_model
+        self._attention: AttentionSource | None = attention_model if isinstance(attention_model, AttentionSource) \
+            else None
+        self.attention_layer = attention_layer
+        self.abs_config = abs_config or ABSConfig()
+        self.wca_config = wca_config or WCAConfig()
+        self.seed = int(seed)
+        if batch_size < 1 or view_batch < 1:
+            raise AbsclipError("--batch-size must be at least 1.")
+        self.batch_size = batch_size
+        self.view_batch = view_batch
+        self.encoder = TextEncoder(backbone, cache_dir=cache_dir, use_cache=use_cache)
+        self.inputs: TextInputs | None = None
+        self._methods: dict[str, Method] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str,
+        pretrained: str | None = None,
+        *,
+        attention_model: str | None = None,
+        device: str | None = "cpu",
+        precision: str | None = "fp32",
+        **kwargs: Any,
+    ) -> Classifier:
+        """Return a classifier for an open_clip model (see :func:`absclip.models.load_clip` for names)."""
+        return cls(load_clip(model, pretrained, device=device, precision=precision),
+                   attention_model=attention_model, **kwargs)
+
+    # -- text side -----------------------------------------------------------------------------
+    def set_classes(
+        self,
+        classes: Sequence[str | Sequence[str]] | ClassList | str,
+        descriptions: str | os.PathLike | dict[str, list[str]] | None = None,
+        *,
+        descriptors: str | os.PathLike | dict[str, list[str]] | None = None,
+        templates: str | os.PathLike | Sequence[str] | None = None,
+    ) -> Classifier:
+        """Set the classes and their texts; returns ``self``.
+
+        Args:
+            classes: a list of names (or synonym lists), a :class:`ClassList`, or a path to a class file.
+            descriptions: CuPL ``{class: [sentences]}`` dict or JSON file. Without it, ABS and the
+                description methods use the templates as each class's descriptions.
+            descriptors: DCLIP ``{class: [phrases]}`` dict or JSON file (for ``dclip``).
+            templates: ``{c}`` templates (list, JSON list, CLIP_benchmark file or .txt) for ``clip-e``
+                and the fallback.
+        """
+        if isinstance(classes, ClassList):
+            cl = classes
+        elif isinstance(classes, (str, os.PathLike)) and Path(classes).suffix and Path(classes).exists():
+            cl = load_classes(classes_file=classes)
+        elif isinstance(classes, str):
+            cl = load_classes(classes=classes)
+        else:
+            cl = ClassList.from_names(list(classes))
+        desc = _as_mapping(descriptions, "descriptions")
+        dscr = _as_mapping(descriptors, "descriptors")
+        tmpl: list[str] | None
+        if templates is None:
+            tmpl = None
+        elif isinstance(templates, (str, os.PathLike)):
+            src = read_text_source(templates)
+            if isinstance(src, dict):
+                raise AbsclipError(f"{templates} holds per-class descriptions, not templates.")
+            tmpl = src
+        else:
+            tmpl = list(templates)
+        if isinstance(descriptions, (str, os.PathLike)) and desc is None:
+            # a template file given as --descriptions: the templates become the descriptions
+            tmpl = tmpl or _as_templates(descriptions)
+        self.inputs = TextInputs(cl, desc, dscr, tmpl, seed=self.seed)
+        self._methods = {}
+        return self
+
+    @property
+    def classes(self) -> list[str]:
+        """The canonical class names in label order."""
+        if self.inputs is None:
+            raise AbsclipError("No classes set: call set_classes(...) first.")
+        return list(self.inputs.classes.names)
+
+    def method(self, name: str) -> Method:
+        """Return the prepared method ``name`` (text side encoded once and kept)."""
+        if self.inputs is None:
+            raise AbsclipError("No classes set: call set_classes(...) first.")
+        if name not in self._methods:
+            get_method_class(name)
+            m = create_method(name, abs_config=self.abs_config, wca_config=self.wca_config)
+            m.prepare(self.inputs, self.encoder)
+            self._methods[name] = m
+        return self._methods[name]
+
+    @property
+    def attention(self) -> AttentionSource:
+        """The attention source (loaded on first use)."""
+        if self._attention is None:
+            self._attention = load_attention(
+                self._attention_spec if isinstance(self._attention_spec, str) else None,
+                self.backbone, device=self.backbone.device, layer=self.attention_layer,
+            )
+        return self._attention
+
+    # -- image side ----------------------------------------------------------------------------
+    def context(self, items: list[ImageItem], methods: Iterable[str]) -> BatchContext:
+        """Return a :class:`BatchContext` for a batch, with the attention source if a method needs it."""
+        need_attn = any(get_method_class(m).needs_attention for m in methods)
+        return BatchContext(items, self.backbone, self.attention if need_attn else None,
+                            feature_layer=self.abs_config.feature_layer, view_batch=self.view_batch)
+
+    def logits_batch(self, items: list[ImageItem], methods: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Return ``{method: logits [B, C]}`` for one batch, sharing the full-image work across methods."""
+        prepared = {m: self.method(m) for m in methods}
+        ctx = self.context(items, methods)
+        return {m: meth.logits(ctx, self.seed).float() for m, meth in prepared.items()}
+
+    def logits(self, images: ImageLike | Sequence[ImageLike], method: str = "abs") -> torch.Tensor:
+        """Return logits ``[N, C]`` of ``method`` for images (paths or PIL images)."""
+        items = [_item(x) for x in _as_list(images)]
+        out = [self.logits_batch(items[i : i + self.batch_size], [method])[method]
+               for i in range(0, len(items), self.batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, len(self.classes))
+
+    def ranked(self, logits: torch.Tensor, method: str, top: int = 5) -> list[list[dict[str, Any]]]:
+        """Return, per row of ``logits``, the ``top`` classes as ``[{label, score, logit, index}]``."""
+        probs = self.method(method).probabilities(logits, self.logit_scale)
+        k = min(top, logits.shape[-1])
+        val, idx = torch.topk(probs, k, dim=-1)
+        return [
+            [{"label": self.classes[int(i)], "score": float(v), "logit": float(logits[r, int(i)]), "index": int(i)}
+             for v, i in zip(val[r], idx[r])]
+            for r in range(logits.shape[0])
+        ]
+
+    def classify(self, images: ImageLike | Sequence[ImageLike], method: str = "abs", top: int = 5) -> Any:
+        """Return ranked ``[{label, score}]`` for one image, or a list of them for a list of images.
+
+        ``score`` is a probability (softmax of the method's logits, per-view averaged for ABS).
+        """
+        single = not isinstance(images, (list, tuple))
+        res = self.ranked(self.logits(images, method), method, top)
+        return res[0] if single else res
+
+    @property
+    def logit_scale(self) -> float:
+        """The CLIP model's learned logit scale (exp), used to turn cosine logits into probabilities."""
+        ls = getattr(self.backbone.model, "logit_scale", None)
+        return float(ls.exp()) if isinstance(ls, torch.Tensor) else 100.0
+
+
+def _as_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+    return list(images) if isinstance(images, (list, tuple)) else [images]
+
+
+def _item(x: ImageLike) -> ImageItem:
+    return x if isinstance(x, ImageItem) else make_item(x)
+
+
+def _as_mapping(src: str | os.PathLike | dict[str, list[str]] | None, what: str) -> dict[str, list[str]] | None:
+    if src is None or isinstance(src, dict):
+        return src
+    data = read_text_source(src)
+    if isinstance(data, list):
+        if what == "descriptors":
+            raise AbsclipError(f"{src} holds templates, not per-class descriptors.")
+        return None
+    return data
+
+
+def _as_templates(src: str | os.PathLike) -> list[str] | None:
+    data = read_text_source(src)
+    return data if isinstance(data, list) else None
+
+
+def load(
+    model: str,
+    pretrained: str | None = None,
+    *,
+    attention_model: str | None = None,
+    device: str | None = "cpu",
+    precision: str | None = "fp32",
+    **kwargs: Any,
+) -> Classifier:
+    """Return a :class:`Classifier` (shortcut for :meth:`Classifier.from_pretrained`)."""
+    return Classifier.from_pretrained(model, pretrained, attention_model=attention_model, device=device,
+                                      precision=precision, **kwargs)

@@ -1,0 +1,666 @@
+"""Backbone adapters: CLIP models (open_clip) and attention models (DINO via transformers, or CLIP itself).
+
+One entry point each: :func:`load_clip` and :func:`load_attention`. Adapters carry their own
+facts (grid size, patch size, input size, number of blocks, identity for caches), so that the
+rest of absclip never compares model-name strings or hard-codes 14/16/224.
+
+Attention is read by explicit recomputation of ``softmax(q k^T / sqrt(d))`` (CLIP) or from
+transformers' eager attention (DINO); no library code is edited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+import logging
+import os
+import pickle
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import AbsclipError, WeightsUnavailableError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """Return a torch device; ``None``/"auto" picks CUDA when available, else the CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise AbsclipError(f"Unknown device {device!r}; use cpu, cuda, cuda:N or auto.") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AbsclipError(f"Device {device!r} was requested but CUDA is not available on this machine.")
+    return dev
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> torch.dtype:
+    """Return the compute dtype: "auto" is fp16 on CUDA (as the reference) and fp32 on the CPU."""
+    if precision in (None, "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision not in PRECISIONS:
+        raise AbsclipError(f"Unknown precision {precision!r}; use one of fp32, bf16, fp16, auto.")
+    return PRECISIONS[precision]
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Return the sha256 of a file's bytes (memoised by path, size and mtime)."""
+    st = os.stat(path)
+    return _file_digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def _is_jit_archive(path: str) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+
+
+def _safe_load_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Load a checkpoint with ``weights_only=True``; refuse pickles that would run code."""
+    if _is_jit_archive(path):
+        # OpenAI's original .pt files are TorchScript archives: no pickle of Python objects.
+        sd = torch.jit.load(path, map_location="cpu").state_dict()
+        for key in ("input_resolution", "context_length", "vocab_size"):
+            sd.pop(key, None)
+        return sd
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError) as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or isinstance(e, pickle.UnpicklingError):
+            raise AbsclipError(
+                f"Refusing to load {path}: it is not a plain tensor checkpoint (loading it would execute "
+                "pickled code); re-save it as a state dict or .safetensors."
+            ) from e
+        raise AbsclipError(f"Could not read checkpoint {path}: {str(e).splitlines()[0]}") from e
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
+        ckpt = ckpt["state_dict"]
+    if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise AbsclipError(f"Checkpoint {path} does not hold a state dict of tensors.")
+    if next(iter(ckpt), "").startswith("module."):
+        ckpt = {k[len("module."):]: v for k, v in ckpt.items()}
+    return ckpt
+
+
+def _is_openai_state_dict(sd: dict[str, torch.Tensor]) -> bool:
+    return "visual.conv1.weight" in sd and "text_projection" in sd and "token_embedding.weight" in sd
+
+
+@dataclass(frozen=True)
+class BackboneFacts:
+    """Facts a backbone carries: read by views/scoring instead of literals.
+
+    Attributes:
+        image_size: (H, W) of the encoder input in pixels.
+        patch_size: (h, w) of a patch in pixels.
+        grid: (rows, cols) of the patch-token grid.
+        num_blocks: number of transformer blocks of the image tower.
+        width: token width of the image tower.
+        embed_dim: joint embedding dimension.
+    """
+
+    image_size: tuple[int, int]
+    patch_size: tuple[int, int]
+    grid: tuple[int, int]
+    num_blocks: int
+    width: int
+    embed_dim: int
+
+
+class ClipBackbone:
+    """An open_clip model plus the operations ABS needs, with explicit device and dtype.
+
+    Image-side methods take preprocessed pixels ``[B, 3, H, W]`` and return L2-normalised fp32
+    embeddings ``[B, D]``. Token-level methods (feature crops, CLS attention) need an open_clip
+    ``VisionTransformer`` tower; other towers (timm, ResNet) support pixel crops and baselines.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocess: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        pretrained: str | None,
+        identity: str,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.name = name
+        self.pretrained = pretrained
+        self.identity = identity
+        self.device = device
+        self.dtype = dtype
+        visual = model.visual
+        self.has_tokens = all(hasattr(visual, a) for a in ("_embeds", "transformer", "_pool", "proj"))
+        if self.has_tokens:
+            grid = tuple(visual.grid_size)
+            blocks = len(visual.transformer.resblocks)
+            width = visual.transformer.width
+            image_size = tuple(visual.image_size)
+            patch = tuple(visual.patch_size)
+        else:
+            size = getattr(visual, "image_size", 224)
+            image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+            grid, blocks, width, patch = (0, 0), 0, 0, (0, 0)
+        embed_dim = int(model.text_projection.shape[-1]) if getattr(model, "text_projection", None) is not None \
+            else int(getattr(visual, "output_dim", 0))
+        self.facts = BackboneFacts(image_size, patch, grid, blocks, width, embed_dim)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _require_tokens(self, what: str) -> None:
+        if not self.has_tokens:
+            raise AbsclipError(
+                f"{what} needs an open_clip VisionTransformer image tower, but {self.name} has "
+                f"{type(self.model.visual).__name__}; use --feature-crops 0 and --attention-model dino."
+            )
+
+    def block_index(self, layer: int) -> int:
+        """Return the non-negative block index for ``layer`` (negative counts from the end), range-checked."""
+        n = self.facts.num_blocks
+        idx = layer + n if layer < 0 else layer
+        if not 0 <= idx < n:
+            raise AbsclipError(f"Block index {layer} is out of range for a {n}-block image tower.")
+        return idx
+
+    # -- image side ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Return normalised image embeddings ``[B, D]`` (fp32) for preprocessed pixels ``[B, 3, H, W]``."""
+        x = pixels.to(self.device, self.dtype)
+        return F.normalize(self.model.encode_image(x).float(), dim=-1)
+
+    @torch.inference_mode()
+    def tokens_before(self, pixels: torch.Tensor, layer: int) -> torch.Tensor:
+        """Return the tokens entering block ``layer``: ``[B, 1 + rows*cols, width]`` (CLS first, row-major).
+
+        That is patch + positional embedding, ``ln_pre`` and blocks ``0 .. layer-1``.
+        """
+        self._require_tokens("Feature-space crops")
+        visual = self.model.visual
+        idx = self.block_index(layer)
+        x = visual._embeds(pixels.to(self.device, self.dtype))
+        if not visual.transformer.batch_first:
+            x = x.transpose(0, 1)
+        for blk in visual.transformer.resblocks[:idx]:
+            x = blk(x)
+        if not visual.transformer.batch_first:
+            x = x.transpose(0, 1)
+        return x
+
+    @torch.inference_mode()
+    def forward_from(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+        """Run blocks ``layer ..`` on ``tokens`` ``[B, T, width]``, pool, project; return normalised ``[B, D]``."""
+        visual = self.model.visual
+        idx = self.block_index(layer)
+        x = tokens.to(self.device, self.dtype)
+        if not visual.transformer.batch_first:
+            x = x.transpose(0, 1)
+        for blk in visual.transformer.resblocks[idx:]:
+            x = blk(x)
+        if not visual.transformer.batch_first:
+            x = x.transpose(0, 1)
+        pooled, _ = visual._pool(x)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        return F.normalize(pooled.float(), dim=-1)
+
+    @torch.inference_mode()
+    def cls_attention(self, tokens: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        """Return the CLS→patch attention of block ``layer`` for its input ``tokens``: ``[B, heads, rows*cols]``.
+
+        Recomputed explicitly as ``softmax(q k^T / sqrt(d_head))`` from the block's ``ln_1`` and
+        ``in_proj`` weights, so it works with fused attention kernels. Rows sum to 1 over all keys
+        (CLS included); the patch part is returned.
+        """
+        self._require_tokens("CLIP self-attention")
+        blk = self.model.visual.transformer.resblocks[self.block_index(layer)]
+        attn = getattr(blk, "attn", None)
+        if not isinstance(attn, torch.nn.MultiheadAttention) or attn.in_proj_weight is None:
+            raise AbsclipError(f"CLIP attention is not supported for the blocks of {self.name}.")
+        x = blk.ln_1(tokens.to(self.device, self.dtype)).float()
+        w = attn.in_proj_weight.float()
+        b = attn.in_proj_bias.float() if attn.in_proj_bias is not None else None
+        qkv = F.linear(x, w, b)  # [B, T, 3*width]
+        q, k, _ = qkv.chunk(3, dim=-1)
+        bsz, t, width = q.shape
+        h = attn.num_heads
+        q = q[:, :1].reshape(bsz, 1, h, width // h).transpose(1, 2)  # [B, h, 1, dh]
+        k = k.reshape(bsz, t, h, width // h).transpose(1, 2)  # [B, h, T, dh]
+        probs = torch.softmax(q @ k.transpose(-1, -2) / (width // h) ** 0.5, dim=-1)  # [B, h, 1, T]
+        return probs[:, :, 0, 1:]
+
+    # -- text side ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """Return normalised text embeddings ``[T, D]`` (fp32, on the CPU); long texts are truncated."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(texts[i : i + batch_size]).to(self.device)
+            out.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu())
+        if not out:
+            return torch.zeros(0, self.facts.embed_dim)
+        return torch.cat(out)
+
+    def describe(self) -> dict[str, Any]:
+        """Return a JSON-able description of the backbone (for results provenance)."""
+        return {
+            "model": self.name,
+            "pretrained": self.pretrained,
+            "identity": self.identity,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "grid": list(self.facts.grid),
+            "blocks": self.facts.num_blocks,
+        }
+
+
+@contextlib.contextmanager
+def _quiet_root_logging() -> Iterator[None]:
+    """open_clip logs to the root logger (e.g. "model initialized randomly"); we report that ourselves."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.CRITICAL))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _download_hint(what: str, where: str, flag: str) -> str:
+    return (
+        f"Could not obtain the {what} weights from {where} (no network or not found); download them on a "
+        f"machine with access and pass the local file or directory with {flag}."
+    )
+
+
+def _network_error(e: BaseException) -> bool:
+    text = f"{type(e).__name__}: {e}".lower()
+    keys = ("connection", "resolve", "offline", "network", "timed out", "timeout", "urlopen", "download",
+            "max retries", "couldn't connect", "localentrynotfound", "hfhubhttperror", "repositorynotfound",
+            "name or service not known", "temporary failure")
+    return any(k in text for k in keys)
+
+
+def load_clip(
+    model: str,
+    pretrained: str | None = None,
+    *,
+    device: str | torch.device | None = "cpu",
+    precision: str | None = "fp32",
+    quick_gelu: bool | None = None,
+    cache_dir: str | None = None,
+) -> ClipBackbone:
+    """Return a :class:`ClipBackbone` for an open_clip model, loaded the open_clip way.
+
+    Args:
+        model: an open_clip model name (``ViT-B-16``), ``hf-hub:org/repo``, ``local-dir:/path``,
+            a path to an open_clip JSON config (its file stem becomes the name), or a path to an
+            OpenAI-format checkpoint (TorchScript archive or state dict) when ``pretrained`` is None.
+        pretrained: an open_clip tag (``openai``, ``laion2b_s34b_b88k``...) or a checkpoint file.
+            ``None`` builds the architecture with random weights (logged).
+        device: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``auto``.
+        precision: ``fp32`` (default), ``bf16``, ``fp16`` or ``auto`` (fp16 on CUDA, fp32 on CPU).
+        quick_gelu: force QuickGELU (OpenAI weights need it); ``None`` follows the tag/config.
+        cache_dir: where open_clip caches downloads.
+
+    Raises:
+        AbsclipError: unknown name or tag, unreadable or mismatched checkpoint.
+        WeightsUnavailableError: weights could not be downloaded.
+
+    Example:
+        >>> bb = load_clip("ViT-B-16", "openai")  # doctest: +SKIP
+    """
+    import open_clip
+
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    name = str(model)
+    pretrained = None if pretrained in (None, "", "none") else str(pretrained)
+    identity_weights = pretrained or "random-init"
+    kwargs: dict[str, Any] = {"device": dev, "cache_dir": cache_dir}
+
+    if name.endswith(".json"):
+        if not os.path.isfile(name):
+            raise AbsclipError(f"Model config file {name} does not exist.")
+        try:
+            cfg = json.loads(Path(name).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise AbsclipError(f"Model config {name} is not valid JSON ({e}).") from e
+        if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
+            raise AbsclipError(f"Model config {name} is not an open_clip config (needs vision_cfg and text_cfg).")
+        open_clip.add_model_config(name)
+        name = Path(name).stem
+        identity_weights = f"{identity_weights}|cfg:{file_digest(model)}"
+
+    schema = name.split(":", 1)[0] if name.startswith(("hf-hub:", "local-dir:")) else None
+    if schema is None and pretrained is None and os.path.isfile(name):
+        return _load_openai_file(name, dev, dtype)
+
+    force_qg = bool(quick_gelu)
+    if schema is None:
+        if name not in open_clip.list_models():
+            close = difflib.get_close_matches(name, open_clip.list_models(), n=5)
+            hint = f" Did you mean: {', '.join(close)}?" if close else " See `absclip models`."
+            raise AbsclipError(f"Unknown model {name!r}.{hint}")
+        if pretrained is not None:
+            tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+            if tag_cfg:
+                if quick_gelu is None and tag_cfg.get("quick_gelu") and not open_clip.get_model_config(name).get(
+                    "quick_gelu"
+                ):
+                    force_qg = True  # e.g. ViT-B-16 + openai: GELU would drift outputs by ~1e-2
+            elif os.path.isfile(pretrained):
+                identity_weights = f"file:{file_digest(pretrained)}"
+                if _is_jit_archive(pretrained):
+                    sd = _safe_load_state_dict(pretrained)
+                    return _build_from_state_dict(name, pretrained, sd, dev, dtype, force_qg, identity_weights)
+            elif os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+                raise AbsclipError(f"Checkpoint file {pretrained} does not exist.")
+            else:
+                tags = open_clip.list_pretrained_tags_by_model(name)
+                raise AbsclipError(
+                    f"Unknown pretrained tag {pretrained!r} for {name}; known tags: "
+                    f"{', '.join(tags) if tags else 'none (pass a checkpoint file)'}."
+                )
+    elif schema == "local-dir":
+        d = name.split(":", 1)[1]
+        if not os.path.isdir(d):
+            raise AbsclipError(f"Model directory {d} does not exist.")
+
+    try:
+        with _quiet_root_logging():
+            clip, _, preprocess = open_clip.create_model_and_transforms(
+                name,
+                pretrained=pretrained,
+                precision="fp32",
+                force_quick_gelu=force_qg,
+                weights_only=True,
+                **kwargs,
+            )
+    except AbsclipError:
+        raise
+    except Exception as e:  # open_clip raises RuntimeError/ValueError/OSError subclasses for all of these
+        text = str(e)
+        if isinstance(e, pickle.UnpicklingError) or "weights_only" in text or "Unsupported global" in text:
+            raise AbsclipError(
+                f"Refusing to load {pretrained}: it is not a plain tensor checkpoint (loading it would execute "
+                "pickled code); re-save it as a state dict or .safetensors."
+            ) from e
+        if "Error(s) in loading state_dict" in text or "size mismatch" in text:
+            raise AbsclipError(
+                f"Checkpoint {pretrained} does not fit model {name} (different architecture); pass the --model "
+                "that matches it."
+            ) from e
+        if _network_error(e):
+            if schema == "hf-hub":
+                msg = _download_hint(name, f"the Hugging Face hub ({name[len('hf-hub:'):]})",
+                                     "--model local-dir:/path/to/dir (open_clip_config.json + weights)")
+            else:
+                tag_cfg = open_clip.get_pretrained_cfg(name, pretrained or "") or {}
+                src = f"the Hugging Face hub ({tag_cfg['hf_hub'].rstrip('/')})" if tag_cfg.get("hf_hub") \
+                    else tag_cfg.get("url", "the open_clip download source")
+                msg = _download_hint(f"'{pretrained}' {name}", src, "--pretrained /path/to/file")
+            raise WeightsUnavailableError(msg) from e
+        raise AbsclipError(f"Could not load model {name} ({pretrained}): {str(e).splitlines()[0]}") from e
+    if pretrained is None and schema is None:
+        log.warning("No --pretrained weights given for %s: the model is randomly initialised.", name)
+    tokenizer = open_clip.get_tokenizer(name)
+    identity = f"open_clip:{name}|{identity_weights}|qg={force_qg}"
+    clip = clip.to(dev, dtype)
+    return ClipBackbone(clip, preprocess, tokenizer, name=name, pretrained=pretrained, identity=identity,
+                        device=dev, dtype=dtype)
+
+
+def _build_from_state_dict(
+    name: str,
+    pretrained: str,
+    sd: dict[str, torch.Tensor],
+    dev: torch.device,
+    dtype: torch.dtype,
+    force_qg: bool,
+    identity_weights: str,
+) -> ClipBackbone:
+    import open_clip
+
+    with _quiet_root_logging():
+        clip, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=None, precision="fp32", force_quick_gelu=force_qg, device="cpu"
+        )
+    # open_clip's own conversions (logit_scale shape etc.) on our weights_only-loaded dict
+    from open_clip.factory import resize_pos_embed
+
+    if "logit_scale" in sd and clip.logit_scale.ndim != sd["logit_scale"].ndim:
+        sd["logit_scale"] = sd["logit_scale"].reshape(clip.logit_scale.shape)
+    if "logit_bias" not in sd and getattr(clip, "logit_bias", None) is not None:
+        sd["logit_bias"] = torch.zeros_like(clip.logit_bias)
+    resize_pos_embed(sd, clip)
+    missing, unexpected = [], []
+    try:
+        res = clip.load_state_dict(sd, strict=True)
+        missing, unexpected = list(res.missing_keys), list(res.unexpected_keys)
+    except RuntimeError as e:
+        raise AbsclipError(
+            f"Checkpoint {pretrained} does not fit model {name} (different architecture: "
+            f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else 'key mismatch'}); "
+            "pass the --model that matches it."
+        ) from e
+    if missing or unexpected:
+        raise AbsclipError(f"Checkpoint {pretrained} does not fit model {name}: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}.")
+    tokenizer = open_clip.get_tokenizer(name)
+    identity = f"open_clip:{name}|{identity_weights}|qg={force_qg}"
+    clip = clip.to(dev, dtype)
+    return ClipBackbone(clip, preprocess, tokenizer, name=name, pretrained=pretrained, identity=identity,
+                        device=dev, dtype=dtype)
+
+
+def _load_openai_file(path: str, dev: torch.device, dtype: torch.dtype) -> ClipBackbone:
+    """Load an OpenAI-format checkpoint (TorchScript archive or state dict); QuickGELU is implied."""
+    import open_clip
+    from open_clip.model import build_model_from_openai_state_dict
+
+    sd = _safe_load_state_dict(path)
+    if not _is_openai_state_dict(sd):
+        raise AbsclipError(
+            f"{path} is not an OpenAI-format CLIP checkpoint; pass an open_clip --model name or config "
+            "together with --pretrained FILE."
+        )
+    try:
+        clip = build_model_from_openai_state_dict(sd).float().eval()
+    except Exception as e:
+        raise AbsclipError(f"Could not build a CLIP model from {path}: {str(e).splitlines()[0]}") from e
+    size = clip.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    preprocess = open_clip.image_transform(
+        size, is_train=False, mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD
+    )
+    tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=int(clip.context_length))
+    identity = f"openai-file:{file_digest(path)}"
+    clip = clip.to(dev, dtype)
+    return ClipBackbone(clip, preprocess, tokenizer, name=Path(path).stem, pretrained=path, identity=identity,
+                        device=dev, dtype=dtype)
+
+
+# -----------------------------------------------------------------------------------------------
+# Attention sources
+# -----------------------------------------------------------------------------------------------
+
+
+class AttentionSource:
+    """Base class: returns CLS→patch attention ``[B, rows*cols]`` (mean over heads) on a fixed grid."""
+
+    name: str = "attention"
+    grid: tuple[int, int] = (0, 0)
+    identity: str = ""
+
+    def heads(self, images: list[Image.Image]) -> torch.Tensor:  # pragma: no cover - interface
+        """Return per-head CLS→patch attention ``[B, heads, rows*cols]`` (fp32, CPU)."""
+        raise NotImplementedError
+
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        """Return head-averaged CLS→patch attention ``[B, rows*cols]`` (fp32, CPU)."""
+        return self.heads(images).mean(dim=1)
+
+
+class HFAttention(AttentionSource):
+    """Last-layer CLS attention of a transformers ViT (DINO ``facebook/dino-vitb16`` by default).
+
+    Input: the whole image resized (squashed, no centre crop) to the model's size with its own
+    resampling and mean/std from the preprocessor config (0.5/0.5 for DINO), computed with
+    PIL as transformers' PIL backend does, so values match the reference exactly.
+    """
+
+    def __init__(self, name_or_path: str, *, device: torch.device, layer: int = -1) -> None:
+        from transformers import AutoConfig, AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        self.name = name_or_path
+        self.device = device
+        local = os.path.isdir(name_or_path)
+        try:
+            config = AutoConfig.from_pretrained(name_or_path)
+            self.model = AutoModel.from_pretrained(name_or_path, attn_implementation="eager").to(device).eval()
+            pp = _read_preprocessor(name_or_path)
+        except OSError as e:
+            if local:
+                raise AbsclipError(
+                    f"Attention model directory {name_or_path} is not a transformers model ({e})."
+                ) from e
+            raise WeightsUnavailableError(
+                _download_hint(f"attention model {name_or_path}", "the Hugging Face hub",
+                               "--attention-model /path/to/dir")
+            ) from e
+        except Exception as e:
+            if _network_error(e):
+                raise WeightsUnavailableError(
+                    _download_hint(f"attention model {name_or_path}", "the Hugging Face hub",
+                                   "--attention-model /path/to/dir")
+                ) from e
+            raise AbsclipError(f"Could not load attention model {name_or_path}: {str(e).splitlines()[0]}") from e
+        vcfg = getattr(config, "vision_config", config)
+        size = pp.get("size", getattr(vcfg, "image_size", 224))
+        if isinstance(size, dict):
+            size = (size.get("height", size.get("shortest_edge")), size.get("width", size.get("shortest_edge")))
+        elif isinstance(size, int):
+            size = (size, size)
+        self.size = (int(size[0]), int(size[1]))
+        patch = int(getattr(vcfg, "patch_size", 16))
+        self.grid = (self.size[0] // patch, self.size[1] // patch)
+        self.mean = tuple(pp.get("image_mean", (0.5, 0.5, 0.5)))
+        self.std = tuple(pp.get("image_std", (0.5, 0.5, 0.5)))
+        self.resample = int(pp.get("resample", 2))
+        self.num_layers = int(getattr(vcfg, "num_hidden_layers", 12))
+        self.layer = layer
+        if not -self.num_layers <= layer < self.num_layers:
+            raise AbsclipError(f"Attention layer {layer} is out of range for a {self.num_layers}-layer model.")
+        weights = _dir_digest(name_or_path) if local else name_or_path
+        self.identity = f"hf-attn:{weights}|layer={layer}"
+
+    def pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
+        """Return the model input ``[B, 3, H, W]``: PIL resize (squash), /255, (x-mean)/std."""
+        import numpy as np
+
+        h, w = self.size
+        arrs = [np.asarray(im.convert("RGB").resize((w, h), self.resample), dtype=np.float32) for im in images]
+        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2) / 255.0
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    @torch.inference_mode()
+    def heads(self, images: list[Image.Image]) -> torch.Tensor:
+        out = self.model(pixel_values=self.pixel_values(images).to(self.device), output_attentions=True)
+        atts = out.attentions
+        if not atts:
+            raise AbsclipError(f"{self.name} returned no attention maps (it must support eager attention).")
+        a = atts[self.layer].float()  # [B, heads, T, T]
+        n = self.grid[0] * self.grid[1]
+        if a.shape[-1] != n + 1:
+            raise AbsclipError(
+                f"{self.name} has {a.shape[-1]} tokens; expected CLS + {n} patches (register tokens are not supported)."
+            )
+        return a[:, :, 0, 1:].cpu()
+
+
+def _read_preprocessor(name_or_path: str) -> dict[str, Any]:
+    if os.path.isdir(name_or_path):
+        p = Path(name_or_path) / "preprocessor_config.json"
+        return json.loads(p.read_text()) if p.is_file() else {}
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return json.loads(Path(hf_hub_download(name_or_path, "preprocessor_config.json")).read_text())
+    except Exception as e:  # the model itself downloaded, so this is a genuinely missing file
+        log.info("no preprocessor_config.json for %s (%s); using defaults", name_or_path, e)
+        return {}
+
+
+def _dir_digest(path: str) -> str:
+    h = hashlib.sha256()
+    for p in sorted(Path(path).glob("*")):
+        if p.is_file() and p.suffix in (".json", ".safetensors", ".bin"):
+            h.update(p.name.encode())
+            h.update(file_digest(p).encode())
+    return h.hexdigest()[:16]
+
+
+class ClipSelfAttention(AttentionSource):
+    """The CLIP model's own CLS→patch attention (last block by default): no second model needed."""
+
+    def __init__(self, backbone: ClipBackbone, layer: int = -1) -> None:
+        backbone._require_tokens("CLIP self-attention")
+        self.backbone = backbone
+        self.layer = layer
+        self.grid = backbone.facts.grid
+        self.name = "clip"
+        self.identity = f"clip-attn:{backbone.identity}|layer={layer}"
+
+    def heads_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Return ``[B, heads, rows*cols]`` from the tokens entering block ``layer``."""
+        return self.backbone.cls_attention(tokens, self.layer).float().cpu()
+
+    def heads(self, images: list[Image.Image]) -> torch.Tensor:
+        px = torch.stack([self.backbone.preprocess(im) for im in images])
+        return self.heads_from_tokens(self.backbone.tokens_before(px, self.layer))
+
+
+def load_attention(
+    spec: str | None, backbone: ClipBackbone, *, device: str | torch.device | None = "cpu", layer: int = -1
+) -> AttentionSource:
+    """Return the attention source for ``spec``: an HF name or local dir (default DINO ViT-B/16), or ``clip``."""
+    spec = spec or "facebook/dino-vitb16"
+    if spec == "clip":
+        return ClipSelfAttention(backbone, layer)
+    return HFAttention(spec, device=resolve_device(device), layer=layer)

@@ -1,0 +1,55 @@
+"""Shared fixtures: the golden tiny models and the real photos in ../shared (never downloaded)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ABSCLIP_SHARED", ROOT.parent / "shared"))
+GOLDEN = SHARED / "golden"
+DATA = SHARED / "data"
+CLIP_CFG = GOLDEN / "clip-tiny.open_clip.json"
+CLIP_WEIGHTS = GOLDEN / "clip-tiny.pt"
+DINO = GOLDEN / "dino-tiny"
+GOLDEN_IMAGES = [GOLDEN / "images" / f for f in ("chelsea.png", "coffee.png", "rocket.jpg")]
+
+# No test may reach a model hub; fail fast instead of retrying.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+if not GOLDEN.is_dir() or not DATA.is_dir():  # a missing fixture is an error, never a silent skip
+    raise RuntimeError(f"../shared (golden fixture and data) not found at {SHARED}")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("ABSCLIP_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "absclip-cache"))
+
+
+@pytest.fixture(scope="session")
+def golden():
+    return dict(np.load(GOLDEN / "golden.npz"))
+
+
+@pytest.fixture(scope="session")
+def backbone():
+    from absclip import load_clip
+
+    return load_clip(str(CLIP_CFG), str(CLIP_WEIGHTS))
+
+
+@pytest.fixture(scope="session")
+def dino(backbone):
+    from absclip import load_attention
+
+    return load_attention(str(DINO), backbone)
+
+
+@pytest.fixture(scope="session")
+def golden_items():
+    from absclip.data import make_item
+
+    return [make_item(p) for p in GOLDEN_IMAGES]
