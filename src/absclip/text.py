@@ -76,20 +76,22 @@ class ClassList:
         out = cls(tuple(canon), tuple(syn))
         dups = out.duplicates()
         if dups:
-            log.warning("Duplicate class names (they share descriptions): %s", ", ".join(sorted(dups)))
+            log.warning("Duplicate class names (labels with these names are ambiguous): %s", ", ".join(sorted(dups)))
         return out
 
     def duplicates(self) -> set[str]:
-        """Return the canonical names that occur more than once (after normalisation)."""
+        """Return the canonical names that occur more than once."""
         seen: dict[str, int] = {}
         for n in self.names:
-            seen[normalise_name(n)] = seen.get(normalise_name(n), 0) + 1
-        return {n for n in self.names if seen[normalise_name(n)] > 1}
+            seen[n] = seen.get(n, 0) + 1
+        return {n for n in self.names if seen[n] > 1}
 
     def index(self, name: str) -> int:
         """Return the label index of ``name`` (tolerant match; synonyms allowed); raises if absent/ambiguous."""
         key = normalise_name(name)
-        hits = [i for i, n in enumerate(self.names) if normalise_name(n) == key]
+        hits = [i for i, n in enumerate(self.names) if n == name.strip()]
+        if not hits:
+            hits = [i for i, n in enumerate(self.names) if normalise_name(n) == key]
         if not hits:
             hits = [i for i, group in enumerate(self.synonyms) if key in {normalise_name(s) for s in group}]
         if len(hits) != 1:
@@ -232,20 +234,31 @@ def match_bank(classes: ClassList, mapping: dict[str, list[str]], *, what: str =
     Raises:
         AbsclipError: classes without an entry, or classes whose entry is empty.
     """
-    index: dict[str, str] = {}
+    by_norm: dict[str, list[str]] = {}
     for k in mapping:
-        index.setdefault(normalise_name(k), k)
-    used: set[str] = set()
+        by_norm.setdefault(normalise_name(k), []).append(k)
+    cands: list[list[str]] = []
+    for group in classes.synonyms:
+        found = [s for s in group if s in mapping]  # exact keys first (keeps 'Cardigan' apart from 'cardigan')
+        for s in group:
+            found += by_norm.get(normalise_name(s), [])
+        cands.append(list(dict.fromkeys(found)))
+    claims: dict[str, int] = {}
+    for c in cands:
+        for k in c:
+            claims[k] = claims.get(k, 0) + 1
     out: list[list[str]] = []
     missing: list[str] = []
     empty: list[str] = []
-    for group in classes.synonyms:
-        keys = [index[normalise_name(s)] for s in group if normalise_name(s) in index]
-        key = next((k for k in keys if k not in used), keys[0] if keys else None)
-        if key is None:
+    used: set[str] = set()
+    for group, c in zip(classes.synonyms, cands):
+        if not c:
             missing.append(group[0])
             out.append([])
             continue
+        # a key several classes could claim goes to none of them if a synonym is unique to this class
+        # (ImageNet: 'missile' vs 'projectile, missile', 'sunglass' vs 'sunglasses')
+        key = c[0] if claims[c[0]] == 1 else next((k for k in c if claims[k] == 1), c[0])
         used.add(key)
         texts = [t.strip() for t in mapping[key] if t and t.strip()]
         if not texts:
