@@ -31,7 +31,7 @@ models:
 """
 
 # Subcommands living in their own modules: each exposes ``register(subparsers, common_parents)``.
-EXTRA_COMMANDS: tuple[str, ...] = ()
+EXTRA_COMMANDS: tuple[str, ...] = ("absclip.commands_describe", "absclip.commands_explain")
 
 
 def _pair(text: str) -> tuple[float, float]:
