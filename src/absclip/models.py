@@ -381,10 +381,10 @@ def load_clip(
                 ):
                     force_qg = True  # e.g. ViT-B-16 + openai: GELU would drift outputs by ~1e-2
             elif os.path.isfile(pretrained):
+                # local files: our own weights_only load, then an explicit key/shape check
                 identity_weights = f"file:{file_digest(pretrained)}"
-                if _is_jit_archive(pretrained):
-                    sd = _safe_load_state_dict(pretrained)
-                    return _build_from_state_dict(name, pretrained, sd, dev, dtype, force_qg, identity_weights)
+                sd = _safe_load_state_dict(pretrained)
+                return _build_from_state_dict(name, pretrained, sd, dev, dtype, force_qg, identity_weights)
             elif os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
                 raise AbsclipError(f"Checkpoint file {pretrained} does not exist.")
             else:
@@ -457,27 +457,28 @@ def _build_from_state_dict(
         clip, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=None, precision="fp32", force_quick_gelu=force_qg, device="cpu"
         )
-    # open_clip's own conversions (logit_scale shape etc.) on our weights_only-loaded dict
-    from open_clip.factory import resize_pos_embed
+    # the same conversions open_clip's load_checkpoint applies, on our weights_only-loaded dict
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import convert_to_custom_text_state_dict
 
+    sd = convert_state_dict(clip, sd)
+    if "positional_embedding" in sd and not hasattr(clip, "positional_embedding"):
+        sd = convert_to_custom_text_state_dict(sd)
     if "logit_scale" in sd and clip.logit_scale.ndim != sd["logit_scale"].ndim:
         sd["logit_scale"] = sd["logit_scale"].reshape(clip.logit_scale.shape)
     if "logit_bias" not in sd and getattr(clip, "logit_bias", None) is not None:
         sd["logit_bias"] = torch.zeros_like(clip.logit_bias)
-    resize_pos_embed(sd, clip)
-    missing, unexpected = [], []
-    try:
-        res = clip.load_state_dict(sd, strict=True)
-        missing, unexpected = list(res.missing_keys), list(res.unexpected_keys)
-    except RuntimeError as e:
+    expected = clip.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        first = (f"{wrong[0]} has shape {tuple(sd[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}"
+                 if wrong else f"missing {missing[:2]}" if missing else f"unexpected {unexpected[:2]}")
         raise AbsclipError(
-            f"Checkpoint {pretrained} does not fit model {name} (different architecture: "
-            f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else 'key mismatch'}); "
-            "pass the --model that matches it."
-        ) from e
-    if missing or unexpected:
-        raise AbsclipError(f"Checkpoint {pretrained} does not fit model {name}: missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]}.")
+            f"Checkpoint {pretrained} does not fit model {name} ({first}); pass the --model that matches it."
+        )
+    clip.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()}, strict=True)
     tokenizer = open_clip.get_tokenizer(name)
     identity = f"open_clip:{name}|{identity_weights}|qg={force_qg}"
     clip = clip.to(dev, dtype)
@@ -657,10 +658,20 @@ class ClipSelfAttention(AttentionSource):
 
 
 def load_attention(
-    spec: str | None, backbone: ClipBackbone, *, device: str | torch.device | None = "cpu", layer: int = -1
+    spec: str | None, backbone: ClipBackbone, *, device: str | torch.device | None = "cpu", layer: int = -1,
+    rollout: str | None = None, sink_threshold: float | None = None,
 ) -> AttentionSource:
-    """Return the attention source for ``spec``: an HF name or local dir (default DINO ViT-B/16), or ``clip``."""
+    """Return the attention source for ``spec``: an HF name or local dir (default DINO ViT-B/16), or ``clip``.
+
+    ``rollout`` (``mean``/``max`` head fusion) and ``sink_threshold`` (robust z-score) select the
+    all-block sources of :mod:`absclip.attention_maps`; without them the source is unchanged.
+    """
     spec = spec or "facebook/dino-vitb16"
+    if rollout is not None or sink_threshold is not None:
+        from .attention_maps import layered_attention
+
+        return layered_attention(spec, backbone, device=resolve_device(device), layer=layer, rollout=rollout,
+                                 sink_threshold=sink_threshold)
     if spec == "clip":
         return ClipSelfAttention(backbone, layer)
     return HFAttention(spec, device=resolve_device(device), layer=layer)

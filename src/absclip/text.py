@@ -176,9 +176,15 @@ def read_text_source(path: str | os.PathLike) -> dict[str, list[str]] | list[str
     Returns a ``{class: [strings]}`` dict (CuPL descriptions or DCLIP descriptors) or a list of
     templates (``{c}`` or ``{}``; a CLIP_benchmark template file, an ABS ``clip-e.json``, or a
     ``.txt`` with one template per line). A CLIP_benchmark ``{dataset: [templates]}`` dict with
-    a single entry is read as that entry's templates.
+    a single entry is read as that entry's templates. A named public set such as ``cupl:pets``
+    or ``abs:dtd/clip-e`` (see :mod:`absclip.description_sets`) is resolved to its verified file first.
     """
     p = Path(path)
+    if isinstance(path, str) and not p.exists():
+        from .description_sets import is_set_spec, resolve
+
+        if is_set_spec(path):
+            p = resolve(path)
     text = _read_text_file(p, "descriptions file")
     if p.suffix.lower() == ".txt":
         lines = [line.strip() for line in text.splitlines() if line.strip()]
