@@ -13,7 +13,7 @@ import pytest
 from absclip.cli import main
 from absclip.evaluate import compute_metrics
 
-from .conftest import CLIP_CFG, CLIP_WEIGHTS, DATA, DINO, GOLDEN
+from .conftest import CLIP_CFG, CLIP_WEIGHTS, DATA, DINO
 
 MODEL = ["--model", str(CLIP_CFG), "--pretrained", str(CLIP_WEIGHTS), "--attention-model", str(DINO)]
 SMALL = ["--crops", "6", "--feature-crops", "6"]
