@@ -41,6 +41,9 @@ class Classifier:
         batch_size: images per batch (never changes results).
         view_batch: views per image-encoder call.
         cache_dir / use_cache: text-embedding cache.
+        attention_rollout: ``mean`` or ``max`` to use attention rollout (that head fusion) as the
+            attention source; None (default) uses the single ``attention_layer``.
+        sink_threshold: suppress attention-sink tokens above this robust z-score (None: keep them).
     """
 
     def __init__(
@@ -56,12 +59,16 @@ class Classifier:
         attention_layer: int = -1,
         cache_dir: str | None = None,
         use_cache: bool = True,
+        attention_rollout: str | None = None,
+        sink_threshold: float | None = None,
     ) -> None:
         self.backbone = backbone
         self._attention_spec = attention_model
         self._attention: AttentionSource | None = attention_model if isinstance(attention_model, AttentionSource) \
             else None
         self.attention_layer = attention_layer
+        self.attention_rollout = attention_rollout
+        self.sink_threshold = sink_threshold
         self.abs_config = abs_config or ABSConfig()
         self.wca_config = wca_config or WCAConfig()
         self.seed = int(seed)
@@ -159,6 +166,7 @@ class Classifier:
             self._attention = load_attention(
                 self._attention_spec if isinstance(self._attention_spec, str) else None,
                 self.backbone, device=self.backbone.device, layer=self.attention_layer,
+                rollout=self.attention_rollout, sink_threshold=self.sink_threshold,
             )
         return self._attention
 

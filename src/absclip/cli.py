@@ -44,6 +44,8 @@ def _pair(text: str) -> tuple[float, float]:
 
 def model_options() -> argparse.ArgumentParser:
     """Return a parent parser with the model, device and run options shared by all commands."""
+    from .config import DEFAULT_SINK_THRESHOLD
+
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("model")
     g.add_argument("--model", default="ViT-B-16",
@@ -55,6 +57,15 @@ def model_options() -> argparse.ArgumentParser:
                    help="HF name or local dir of the attention ViT, or 'clip' for CLIP's own attention "
                         "(default: %(default)s)")
     g.add_argument("--attention-layer", type=int, default=-1, help="attention layer index (default: last)")
+    g.add_argument("--attention-rollout", choices=["mean", "max"],
+                   help="use attention rollout up to --attention-layer, fusing heads by their mean or max, as the "
+                        "attention source (default: off, that layer's CLS attention)")
+    g.add_argument("--ignore-sinks", action="store_true",
+                   help="suppress attention-sink tokens (abnormally high norm or received attention) in the "
+                        "attention source")
+    g.add_argument("--sink-threshold", type=float, metavar="K",
+                   help="a token is a sink above median + K MAD (robust z-score; implies --ignore-sinks; "
+                        f"default: {DEFAULT_SINK_THRESHOLD:g})")
     g.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
                    help="force QuickGELU (OpenAI weights need it; default: follow the pretrained tag)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
@@ -97,7 +108,7 @@ def model_options() -> argparse.ArgumentParser:
 def build_classifier(args: argparse.Namespace) -> Any:
     """Return a :class:`absclip.Classifier` from parsed options (classes not set)."""
     from .api import Classifier
-    from .config import ABSConfig, WCAConfig, replace_config
+    from .config import DEFAULT_SINK_THRESHOLD, ABSConfig, WCAConfig, replace_config
     from .models import load_clip
 
     abs_cfg = replace_config(
@@ -114,7 +125,9 @@ def build_classifier(args: argparse.Namespace) -> Any:
     return Classifier(backbone, attention_model=args.attention_model, abs_config=abs_cfg, wca_config=wca_cfg,
                       seed=args.seed, batch_size=args.batch_size, attention_layer=args.attention_layer,
                       cache_dir=os.path.join(args.cache_dir, "text") if args.cache_dir else None,
-                      use_cache=not args.no_cache)
+                      use_cache=not args.no_cache, attention_rollout=args.attention_rollout,
+                      sink_threshold=args.sink_threshold if args.sink_threshold is not None
+                      else DEFAULT_SINK_THRESHOLD if args.ignore_sinks else None)
 
 
 def set_classes(clf: Any, args: argparse.Namespace) -> None:
@@ -132,13 +145,30 @@ def _class_options(p: argparse.ArgumentParser) -> None:
                                           ".csv/.tsv with a 'name' column")
 
 
+def expand_images(paths: Sequence[str]) -> list[str]:
+    """Return image files: files as given, directories expanded to the images inside (sorted)."""
+    from .data import list_images
+
+    out: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = [str(f) for f in list_images(p)]
+            if not found:
+                raise AbsclipError(f"{p}: the directory contains no images.")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     """absclip classify: ranked labels for each image."""
     from .data import make_item
     from .methods import get_method_class
 
     get_method_class(args.method)
-    items = [make_item(p, max_pixels=args.max_pixels) if args.max_pixels else make_item(p) for p in args.images]
+    items = [make_item(p, max_pixels=args.max_pixels) if args.max_pixels else make_item(p)
+             for p in expand_images(args.images)]
     clf = build_classifier(args)
     set_classes(clf, args)
     logits = clf.logits(items, args.method)
@@ -240,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rank the classes for each image.",
                        epilog="example:\n  absclip classify cat.jpg --classes cat,dog,car --descriptions cupl.json\n\n"
                               + EPILOG_MODELS)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or directories of images")
     _class_options(p)
     p.add_argument("--method", default="abs", help="abs (default), clip, clip-e, cupl, dclip, waffle or wca")
     p.add_argument("--top", type=int, default=5, help="how many labels to show (default: 5)")

@@ -8,6 +8,9 @@ from typing import Any, Literal
 
 from .errors import AbsclipError
 
+#: robust z-score (MADs above the median) above which a token is an attention sink (``--ignore-sinks``)
+DEFAULT_SINK_THRESHOLD = 5.0
+
 
 @dataclass(frozen=True)
 class ABSConfig:
