@@ -62,6 +62,39 @@ def soft_match_view_scores(
     return out
 
 
+def soft_match_description_mass(
+    views: torch.Tensor,
+    text: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float,
+    chunk: int = 64,
+) -> torch.Tensor:
+    """Return the soft-matching mass of every description ``[B, C, M]``: ``sum_v p[v,c,m]``.
+
+    ``p`` is the per-view softmax over all valid (class, description) pairs of
+    :func:`soft_match_view_scores`, so each image's masses sum to its number of views ``V``;
+    padding descriptions get 0. ``mass[b, c] / mass[b, c].sum()`` is each description's share
+    of class ``c``'s evidence (the explanation picture shows it).
+
+    Args:
+        views: ``[B, V, D]`` normalised view embeddings.
+        text: ``[C, M, D]`` normalised description embeddings; mask ``[C, M]``.
+        temperature: tau.
+        chunk: number of views processed at once.
+    """
+    b, v, d = views.shape
+    c, m, _ = text.shape
+    flat_text = text.reshape(c * m, d).to(views.dtype)
+    valid = mask.reshape(c * m).to(views.device)
+    out = views.new_zeros(b, c * m)
+    for i in range(b):
+        for j in range(0, v, chunk):
+            s = views[i, j : j + chunk] @ flat_text.T / temperature  # [n, C*M]
+            p = torch.softmax(s.masked_fill(~valid, float("-inf")), dim=-1)
+            out[i] += torch.where(valid, p, torch.zeros((), dtype=p.dtype)).sum(0)
+    return out.view(b, c, m)
+
+
 def soft_match_logits(views: torch.Tensor, text: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
     """Return ABS image logits ``[B, C]``: per-view soft-matching scores summed over views."""
     return soft_match_view_scores(views, text, mask, temperature).sum(1)
