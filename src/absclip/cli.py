@@ -207,6 +207,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                    max_pixels=args.max_pixels,
                    extra_config={"data": args.data, "classes_file": args.classes_file,
                                  "descriptions": args.descriptions, "limit": args.limit})
+    if args.report:
+        from .report import write_report
+
+        write_report(doc, args.report, clf=clf, max_images=args.report_max_images)
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
     else:
@@ -218,6 +222,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                    for v in (m["acc1"], m["acc5"], m["mean_per_class_recall"])]
             print(f"{r['absclip']['method']:<10} {fmt[0]:>8} {fmt[1]:>8} {fmt[2]:>8}")
         print(f"results: {', '.join(doc.get('files', [args.output]))}; predictions: {doc['predictions']}")
+        if args.report:
+            print(f"report: {args.report}")
     return 0
 
 
@@ -301,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="discard existing predictions and start over")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the results JSON")
+    p.add_argument("--report", metavar="HTML", help="also write a self-contained HTML report: metrics, per-class "
+                                                    "accuracy, confusions, misclassified images with explanations")
+    p.add_argument("--report-max-images", type=int, default=24, metavar="N",
+                   help="misclassified images in the report's gallery (default: %(default)s)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("models", help="list open_clip models and pretrained tags")
