@@ -74,6 +74,8 @@ class ClassList:
         if not canon:
             raise AbsclipError("The class list is empty; give at least one class.")
         out = cls(tuple(canon), tuple(syn))
+        if len(canon) == 1:
+            log.warning("Only one class (%r): every image is assigned to it with score 1.", canon[0])
         dups = out.duplicates()
         if dups:
             log.warning("Duplicate class names (labels with these names are ambiguous): %s", ", ".join(sorted(dups)))
