@@ -394,9 +394,10 @@ def render(expl: Explanation, *, dpi: int = 100) -> tuple[Figure, Drawn]:
 
     # (b) pixel crops and their centres
     ax_b.imshow(img, extent=(0, w, h, 0))
+    box_alpha = _outline_alpha(len(expl.boxes))
     for bx0, by0, bx1, by1 in expl.boxes:
         ax_b.add_patch(Rectangle((bx0, by0), bx1 - bx0, by1 - by0, fill=False, ec=OKABE_ITO["orange"], lw=1.0,
-                                 alpha=0.8, gid="pixel-crop"))
+                                 alpha=box_alpha, gid="pixel-crop"))
     if expl.centres:
         cx, cy, cn = zip(*expl.centres)
         ax_b.scatter(cx, cy, s=[20 + 12 * n for n in cn], c=OKABE_ITO["sky"], edgecolors="black", linewidths=0.8,
@@ -422,9 +423,10 @@ def render(expl: Explanation, *, dpi: int = 100) -> tuple[Figure, Drawn]:
         ax_g.axhline(r, color="white", lw=0.3, alpha=0.5)
     for c in range(1, gw):
         ax_g.axvline(c, color="white", lw=0.3, alpha=0.5)
+    win_alpha = _outline_alpha(len(expl.windows))
     for r0, r1, c0, c1 in expl.windows:
         ax_g.add_patch(Rectangle((c0, r0), c1 - c0, r1 - r0, fill=False, ec=OKABE_ITO["vermillion"], lw=1.0,
-                                 alpha=0.8, gid="feature-window"))
+                                 alpha=win_alpha, gid="feature-window"))
     ax_g.set_xlim(0, gw)
     ax_g.set_ylim(gh, 0)
     ax_g.set_title(f"(b) {len(expl.windows)} feature-crop windows\non the {gh}×{gw} CLIP token grid", fontsize=10)
@@ -472,6 +474,11 @@ def render(expl: Explanation, *, dpi: int = 100) -> tuple[Figure, Drawn]:
         overlay_box=_png_box(ax_a, fig, w, h),
     )
     return fig, drawn
+
+
+def _outline_alpha(n: int) -> float:
+    """Return the opacity of ``n`` overlapping outlines: solid for a few, lighter for many (overlaps add up)."""
+    return float(min(0.9, max(0.3, 3.0 / max(n, 1) ** 0.5)))
 
 
 def _box_of(rect: Any) -> views.Box:
