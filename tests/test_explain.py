@@ -119,6 +119,23 @@ def test_descriptions_and_scores(picture, clf):
         assert all(t in bank.texts[c.index] for t, _ in c.descriptions)
 
 
+@pytest.mark.parametrize("kind", ["attention", "text"])
+def test_explain_encodes_each_image_once(clf, backbone, dino, monkeypatch, kind):
+    calls = {"encode_images": 0, "attention": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(backbone, "encode_images", counted("encode_images", backbone.encode_images))
+    monkeypatch.setattr(dino, "heads", counted("attention", dino.heads))
+    explain(clf, PHOTO, map=kind)
+    # one attention pass; the crops in one encoder call; the full image and the text map reuse the tokens
+    assert calls == {"encode_images": 1, "attention": 1}
+
+
 def test_description_mass_matches_soft_matching():
     g = torch.Generator().manual_seed(0)
     views = torch.nn.functional.normalize(torch.randn(2, 5, 8, generator=g), dim=-1)

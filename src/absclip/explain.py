@@ -207,7 +207,7 @@ def explain(
     image: str | os.PathLike | Image.Image | ImageItem,
     *,
     top: int = 5,
-    map: str = "attention",  # noqa: A002 - the CLI option's name
+    map: str = "attention",  # shadows the builtin on purpose: it is the CLI option's name
     map_class: str | None = None,
     classes_shown: int = 3,
     descriptions_shown: int = 3,
