@@ -325,6 +325,7 @@ def load_clip(
 
     Args:
         model: an open_clip model name (``ViT-B-16``), ``hf-hub:org/repo``, ``local-dir:/path``,
+            ``hf:NAME_OR_DIR`` or a ``save_pretrained`` directory for a transformers ``CLIPModel``,
             a path to an open_clip JSON config (its file stem becomes the name), or a path to an
             OpenAI-format checkpoint (TorchScript archive or state dict) when ``pretrained`` is None.
         pretrained: an open_clip tag (``openai``, ``laion2b_s34b_b88k``...) or a checkpoint file.
@@ -349,6 +350,11 @@ def load_clip(
     pretrained = None if pretrained in (None, "", "none") else str(pretrained)
     identity_weights = pretrained or "random-init"
     kwargs: dict[str, Any] = {"device": dev, "cache_dir": cache_dir}
+
+    from .hf_clip import HF_PREFIX, is_hf_clip_dir, load_hf_clip
+
+    if name.startswith(HF_PREFIX) or is_hf_clip_dir(name):  # a transformers CLIPModel
+        return load_hf_clip(name, device=dev, dtype=dtype)
 
     if name.endswith(".json"):
         if not os.path.isfile(name):
