@@ -30,7 +30,7 @@ from PIL import Image
 
 from .config import DEFAULT_SINK_THRESHOLD
 from .errors import AbsclipError
-from .models import AttentionSource, ClipBackbone, ClipSelfAttention, HFAttention
+from .models import AttentionSource, ClipBackbone, ClipSelfAttention, HFAttention, attention_probs
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +173,7 @@ def clip_block_attention(block: torch.nn.Module, tokens: torch.Tensor) -> torch.
     x = block.ln_1(tokens).float()
     bias = attn.in_proj_bias.float() if attn.in_proj_bias is not None else None
     q, k, _ = F.linear(x, attn.in_proj_weight.float(), bias).chunk(3, dim=-1)  # [B, T, width] each
-    bsz, t, width = q.shape
-    h = attn.num_heads
-    q = q.reshape(bsz, t, h, width // h).transpose(1, 2)  # [B, h, T, dh]
-    k = k.reshape(bsz, t, h, width // h).transpose(1, 2)  # [B, h, T, dh]
-    return torch.softmax(q @ k.transpose(-1, -2) / (width // h) ** 0.5, dim=-1)  # [B, h, T, T]
+    return attention_probs(q, k, attn.num_heads)  # [B, h, T, T]
 
 
 @torch.inference_mode()

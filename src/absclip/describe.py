@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import AbsclipError
+from .files import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -474,19 +475,10 @@ def read_existing(path: str | os.PathLike) -> dict[str, list[str]]:
 
 def write_atomic(path: str | os.PathLike, data: dict[str, list[str]]) -> None:
     """Write ``data`` as JSON to ``path`` via a synced temporary file and ``os.replace`` (never half-written)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
+        atomic_write_json(path, data, ensure_ascii=False)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise AbsclipError(f"Cannot write {p} ({e.strerror}).") from e
+        raise AbsclipError(f"Cannot write {path} ({e.strerror}).") from e
 
 
 def generate_descriptions(

@@ -23,6 +23,7 @@ from typing import Any
 from .api import Classifier
 from .data import ImageItem, Sample, make_item
 from .errors import AbsclipError, BadImageError
+from .files import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +46,6 @@ def compute_metrics(labels: Sequence[int], topk: Sequence[Sequence[int]], num_cl
         per_class.setdefault(y, []).append(ok)
     recall = sum(sum(v) / len(v) for v in per_class.values()) / len(per_class)
     return {"acc1": sum(top1) / n, "acc5": acc5, "mean_per_class_recall": recall}
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to ``path`` atomically (temp file + fsync + rename): never a half-written file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, allow_nan=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
 
 
 @contextlib.contextmanager

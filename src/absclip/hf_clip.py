@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import AbsclipError, WeightsUnavailableError
-from .models import BackboneFacts, ClipBackbone, _dir_digest, _download_hint, _network_error
+from .models import BackboneFacts, ClipBackbone, _dir_digest, _download_hint, _network_error, attention_probs
 
 HF_PREFIX = "hf:"
 
@@ -123,13 +123,8 @@ class HFClipBackbone(ClipBackbone):
         h = blk.layer_norm1(tokens.to(self.device, self.dtype)).float()
         q = F.linear(h[:, :1], attn.q_proj.weight.float(), attn.q_proj.bias.float())
         k = F.linear(h, attn.k_proj.weight.float(), attn.k_proj.bias.float())
-        bsz, t, width = k.shape
         heads = int(self.model.config.vision_config.num_attention_heads)
-        dh = width // heads
-        q = q.reshape(bsz, 1, heads, dh).transpose(1, 2)
-        k = k.reshape(bsz, t, heads, dh).transpose(1, 2)
-        probs = torch.softmax(q @ k.transpose(-1, -2) / dh**0.5, dim=-1)
-        return probs[:, :, 0, 1:]
+        return attention_probs(q, k, heads)[:, :, 0, 1:]
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:

@@ -113,6 +113,21 @@ def _is_openai_state_dict(sd: dict[str, torch.Tensor]) -> bool:
     return "visual.conv1.weight" in sd and "text_projection" in sd and "token_embedding.weight" in sd
 
 
+def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """Return ``softmax(q k^T / sqrt(d_head))`` per head: ``[B, heads, Tq, Tk]`` (fp32).
+
+    Args:
+        q: ``[B, Tq, width]`` projected queries (e.g. only the CLS row, ``Tq = 1``).
+        k: ``[B, Tk, width]`` projected keys.
+        heads: number of attention heads (``width`` must be divisible by it).
+    """
+    bsz, tq, width = q.shape
+    dh = width // heads
+    qh = q.float().reshape(bsz, tq, heads, dh).transpose(1, 2)  # [B, h, Tq, dh]
+    kh = k.float().reshape(bsz, k.shape[1], heads, dh).transpose(1, 2)  # [B, h, Tk, dh]
+    return torch.softmax(qh @ kh.transpose(-1, -2) / dh**0.5, dim=-1)
+
+
 @dataclass(frozen=True)
 class BackboneFacts:
     """Facts a backbone carries: read by views/scoring instead of literals.
@@ -252,14 +267,8 @@ class ClipBackbone:
         x = blk.ln_1(tokens.to(self.device, self.dtype)).float()
         w = attn.in_proj_weight.float()
         b = attn.in_proj_bias.float() if attn.in_proj_bias is not None else None
-        qkv = F.linear(x, w, b)  # [B, T, 3*width]
-        q, k, _ = qkv.chunk(3, dim=-1)
-        bsz, t, width = q.shape
-        h = attn.num_heads
-        q = q[:, :1].reshape(bsz, 1, h, width // h).transpose(1, 2)  # [B, h, 1, dh]
-        k = k.reshape(bsz, t, h, width // h).transpose(1, 2)  # [B, h, T, dh]
-        probs = torch.softmax(q @ k.transpose(-1, -2) / (width // h) ** 0.5, dim=-1)  # [B, h, 1, T]
-        return probs[:, :, 0, 1:]
+        q, k, _ = F.linear(x, w, b).chunk(3, dim=-1)  # [B, T, width] each
+        return attention_probs(q[:, :1], k, attn.num_heads)[:, :, 0, 1:]
 
     # -- text side ---------------------------------------------------------------------------
     @torch.inference_mode()

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import AbsclipError, BadImageError
+from .files import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import Classifier
@@ -415,9 +416,4 @@ def write_report(
                 return None
 
     text = build_report(data, explain_png=explain_png, max_images=max_images)
-    p = Path(out)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, p)
-    return p
+    return atomic_write_text(out, text)
