@@ -136,3 +136,11 @@ def test_help_teaches():
     for flag in ("--data", "--methods", "--output", "--crops", "--feature-crops", "--top-k", "--attention-model",
                  "example:"):
         assert flag in proc.stdout
+
+
+def test_classify_with_a_named_description_set(capsys, monkeypatch):
+    monkeypatch.delenv("ABSCLIP_DESCRIPTIONS_DIR", raising=False)
+    out = run_json(capsys, ["classify", str(SAMPLE / "n01440764_tench.JPEG"), "--classes", "tench,goldfish,missile",
+                            "--descriptions", "susx:imagenet", "--descriptions-dir", str(DATA / "descriptions"),
+                            "--method", "cupl", "--json", *MODEL])
+    assert {p["label"] for p in out[0]["predictions"]} == {"tench", "goldfish", "missile"}

@@ -142,3 +142,23 @@ def test_text_cache_is_reused_and_keyed_by_text(backbone, tmp_path):
     e3 = TextEncoder(backbone, cache_dir=tmp_path)
     c = e3.encode(["a photo of a cat.", "a photo of a dog."])
     assert e3.encoded_count == 2 and torch.allclose(a, c)
+
+
+def test_text_cache_is_keyed_by_model_identity(backbone, tmp_path):
+    """A model with other weights never reads the first model's cache entries."""
+    import json
+
+    from absclip import load_clip
+
+    from .conftest import CLIP_CFG
+
+    e1 = TextEncoder(backbone, cache_dir=tmp_path)
+    e1.encode(["a photo of a cat."])
+    cfg = json.loads(CLIP_CFG.read_text())
+    other_cfg = tmp_path / "clip-tiny-other.json"
+    other_cfg.write_text(json.dumps(cfg))
+    other = load_clip(str(other_cfg), None)  # same architecture, random weights
+    assert other.identity != backbone.identity
+    e2 = TextEncoder(other, cache_dir=tmp_path)
+    e2.encode(["a photo of a cat."])
+    assert e2.encoded_count == 1

@@ -77,8 +77,11 @@ def model_options() -> argparse.ArgumentParser:
                                                        "~/.cache/absclip)")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the text-embedding cache")
     t = p.add_argument_group("text")
-    t.add_argument("--descriptions", help="CuPL-style JSON {class: [sentences]} (or a template file)")
+    t.add_argument("--descriptions", help="CuPL-style JSON {class: [sentences]}, a template file, or a public set "
+                                          "name such as cupl:imagenet, abs:dtd (see 'absclip descriptions list')")
     t.add_argument("--descriptors", help="DCLIP-style JSON {class: [phrases]} for the dclip method")
+    t.add_argument("--descriptions-dir", help="local copy of the public description sets used by names such as "
+                                              "cupl:pets (default: $ABSCLIP_DESCRIPTIONS_DIR)")
     t.add_argument("--templates", help="templates with {c} or {} (JSON list, CLIP_benchmark file or .txt) for clip-e "
                                        "and as the fallback descriptions")
     a = p.add_argument_group("ABS")
@@ -341,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
     _configure_logging(debug)
+    if getattr(args, "descriptions_dir", None):  # read by absclip.description_sets when a set name is resolved
+        os.environ["ABSCLIP_DESCRIPTIONS_DIR"] = args.descriptions_dir
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

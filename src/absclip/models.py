@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import pickle
+import uuid
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -357,7 +358,8 @@ def load_clip(
     dtype = resolve_precision(precision, dev)
     name = str(model)
     pretrained = None if pretrained in (None, "", "none") else str(pretrained)
-    identity_weights = pretrained or "random-init"
+    # random weights differ in every process: never let a cache or a resumed run take them for the same model
+    identity_weights = pretrained or f"random-init:{uuid.uuid4().hex}"
     kwargs: dict[str, Any] = {"device": dev, "cache_dir": cache_dir}
 
     from .hf_clip import HF_PREFIX, is_hf_clip_dir, load_hf_clip
