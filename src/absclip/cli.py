@@ -31,7 +31,7 @@ models:
 """
 
 # Subcommands living in their own modules: each exposes ``register(subparsers, common_parents)``.
-EXTRA_COMMANDS: tuple[str, ...] = ("absclip.commands_describe", "absclip.commands_explain")
+EXTRA_COMMANDS: tuple[str, ...] = ("absclip.commands_describe", "absclip.commands_explain", "absclip.commands_bench")
 
 
 def _pair(text: str) -> tuple[float, float]:

@@ -158,6 +158,9 @@ class ClipBackbone:
     ``VisionTransformer`` tower; other towers (timm, ResNet) support pixel crops and baselines.
     """
 
+    fused: Any = None  # a vit_fast.FusedViT when the tower qualifies (set in __init__)
+    use_fused: bool = False
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -193,6 +196,12 @@ class ClipBackbone:
         embed_dim = int(model.text_projection.shape[-1]) if getattr(model, "text_projection", None) is not None \
             else int(getattr(visual, "output_dim", 0))
         self.facts = BackboneFacts(image_size, patch, grid, blocks, width, embed_dim)
+        from .vit_fast import fused_vit
+
+        #: fused forward (SDPA, CLS-only last block; :mod:`absclip.vit_fast`) when the tower qualifies
+        self.fused = fused_vit(visual) if self.has_tokens else None
+        #: set False to run open_clip's own modules (the benchmark's reference-style pipeline does)
+        self.use_fused = self.fused is not None
 
     # -- helpers ---------------------------------------------------------------------------
     def _require_tokens(self, what: str) -> None:
@@ -215,7 +224,20 @@ class ClipBackbone:
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Return normalised image embeddings ``[B, D]`` (fp32) for preprocessed pixels ``[B, 3, H, W]``."""
         x = pixels.to(self.device, self.dtype)
+        if self.use_fused and self.fused is not None:
+            return F.normalize(self.fused.encode(x).float(), dim=-1)
         return F.normalize(self.model.encode_image(x).float(), dim=-1)
+
+    @torch.inference_mode()
+    def encode_images_dropped(self, pixels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Return normalised embeddings ``[B, D]`` keeping only patches ``keep`` ``[B, k]`` (token dropping).
+
+        Patches are dropped after the patch and positional embedding; this changes results and
+        is used only by ABS's opt-in fast mode. Needs the fused ViT path.
+        """
+        if self.fused is None:
+            raise AbsclipError(f"Token dropping needs a plain open_clip ViT image tower; {self.name} has none.")
+        return F.normalize(self.fused.encode(pixels.to(self.device, self.dtype), keep).float(), dim=-1)
 
     @torch.inference_mode()
     def tokens_before(self, pixels: torch.Tensor, layer: int) -> torch.Tensor:
@@ -226,6 +248,8 @@ class ClipBackbone:
         self._require_tokens("Feature-space crops")
         visual = self.model.visual
         idx = self.block_index(layer)
+        if self.use_fused and self.fused is not None:
+            return self.fused.run_blocks(self.fused.embed(pixels.to(self.device, self.dtype)), 0, idx)
         x = visual._embeds(pixels.to(self.device, self.dtype))
         if not visual.transformer.batch_first:
             x = x.transpose(0, 1)
@@ -241,6 +265,8 @@ class ClipBackbone:
         visual = self.model.visual
         idx = self.block_index(layer)
         x = tokens.to(self.device, self.dtype)
+        if self.use_fused and self.fused is not None:
+            return F.normalize(self.fused.forward_from(x, idx).float(), dim=-1)
         if not visual.transformer.batch_first:
             x = x.transpose(0, 1)
         for blk in visual.transformer.resblocks[idx:]:

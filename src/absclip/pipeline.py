@@ -9,6 +9,7 @@ token windows (via the pure functions in :mod:`absclip.views`) and embeds them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from .config import ABSConfig
 from .data import ImageItem
 from .models import AttentionSource, ClipBackbone, ClipSelfAttention
 from .sampling import ABSDraws, draw_abs, image_rng
+from .timing import NULL_TIMER, StageTimer
 
 
 @dataclass
@@ -59,6 +61,9 @@ class BatchContext:
         attention_source: where attention maps come from (None if no method needs one).
         feature_layer: the block the feature crops enter.
         view_batch: maximum number of views per image-encoder call.
+        crop_workers: threads that cut and preprocess pixel crops (PIL releases the GIL);
+            0 = in the calling thread. Never changes results.
+        timer: stage timer (the benchmark's); the default records nothing.
     """
 
     items: list[ImageItem]
@@ -68,6 +73,9 @@ class BatchContext:
     view_batch: int = 256
     _cache: dict[str, Any] = field(default_factory=dict)
     encoder_calls: int = 0
+    crop_workers: int = 0
+    timer: StageTimer = NULL_TIMER
+    feature_crops_encoded: int = 0
 
     def _get(self, key: str, fn: Callable[[], Any]) -> Any:
         if key not in self._cache:
@@ -110,15 +118,38 @@ class BatchContext:
 
         return self._get("attention", compute)
 
-    def encode_crops(self, crops: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Encode preprocessed crops ``[N, 3, S, S]`` in chunks of ``view_batch``; return ``[N, D]``."""
+    def encode_crops(self, crops: Sequence[torch.Tensor], keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode preprocessed crops ``[N, 3, S, S]`` in chunks of ``view_batch``; return ``[N, D]``.
+
+        ``keep`` (``[N, k]`` patch indices) drops all other patch tokens (ABS fast mode only).
+        """
         if not crops:
             return torch.zeros(0, self.backbone.facts.embed_dim)
         out = []
         for i in range(0, len(crops), self.view_batch):
             self.encoder_calls += 1
-            out.append(self.backbone.encode_images(torch.stack(list(crops[i : i + self.view_batch]))).cpu())
+            px = torch.stack(list(crops[i : i + self.view_batch]))
+            if keep is None:
+                out.append(self.backbone.encode_images(px).cpu())
+            else:
+                out.append(self.backbone.encode_images_dropped(px, keep[i : i + self.view_batch]).cpu())
         return torch.cat(out)
+
+    def crop_pixels(self, jobs: Sequence[tuple[ImageItem, views.Box]]) -> list[torch.Tensor]:
+        """Return the preprocessed pixel crops ``[3, S, S]`` for ``(image, box)`` pairs, in order.
+
+        Each crop is ``PIL.Image.crop(box)`` followed by the model's own preprocessing (exact, as
+        the reference). With ``crop_workers > 0`` the crops are made in a thread pool.
+        """
+        pre = self.backbone.preprocess
+
+        def one(job: tuple[ImageItem, views.Box]) -> torch.Tensor:
+            return pre(job[0].image.crop(job[1]))
+
+        if self.crop_workers > 0 and len(jobs) > 1:
+            with ThreadPoolExecutor(self.crop_workers) as pool:
+                return list(pool.map(one, jobs))
+        return [one(j) for j in jobs]
 
 
 def topk_distribution(attention: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,6 +221,94 @@ def feature_crop_tokens(tokens: torch.Tensor, windows: Sequence[views.Window], g
     return torch.stack(out)
 
 
+def batched_feature_crop_tokens(
+    tokens: torch.Tensor,
+    crops: Sequence[tuple[int, views.Window]],
+    grid: tuple[int, int],
+) -> torch.Tensor:
+    """Return feature-crop token sequences ``[n, 1 + G*G, width]`` for ``(image, window)`` pairs.
+
+    The same computation as :func:`feature_crop_tokens` (bicubic, ``align_corners=False``, the
+    image's unchanged CLS token prepended), with one ``F.interpolate`` call per window shape
+    instead of one per window.
+
+    Args:
+        tokens: ``[B, 1 + G*G, width]`` tokens entering the crop block.
+        crops: ``(b, (row0, row1, col0, col1))`` pairs: image index into ``tokens`` and window.
+        grid: (rows, cols) of the token grid.
+    """
+    gh, gw = grid
+    b, _, width = tokens.shape
+    out = tokens.new_empty(len(crops), 1 + gh * gw, width)
+    if not crops:
+        return out
+    grid_tokens = tokens[:, 1:].reshape(b, gh, gw, width).permute(0, 3, 1, 2).float()  # [B, width, G, G]
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for n, (_, (r0, r1, c0, c1)) in enumerate(crops):
+        by_shape.setdefault((r1 - r0, c1 - c0), []).append(n)
+    for rows in by_shape.values():
+        wins = torch.stack([grid_tokens[crops[n][0], :, crops[n][1][0] : crops[n][1][1],
+                                        crops[n][1][2] : crops[n][1][3]] for n in rows])  # [k, width, h, w]
+        resized = F.interpolate(wins, size=(gh, gw), mode="bicubic", align_corners=False)
+        idx = torch.tensor(rows)
+        out[idx, 1:] = resized.permute(0, 2, 3, 1).reshape(len(rows), gh * gw, width).to(tokens.dtype)
+        out[idx, 0] = tokens[torch.tensor([crops[n][0] for n in rows]), 0]
+    return out
+
+
+def encode_feature_crops(ctx: BatchContext, windows: Sequence[Sequence[views.Window]]) -> list[torch.Tensor]:
+    """Return each image's feature-crop embeddings ``[n_b, D]`` (normalised, fp32, CPU).
+
+    Identical windows of one image give identical views, so each distinct ``(image, window)`` is
+    computed once (the sampler draws 50 centres with replacement from 20 cells and 3 odd sizes,
+    so many repeat) and shared; the results are the same as computing every view. All images'
+    crops run the remaining block(s) together in chunks of ``ctx.view_batch``.
+
+    Args:
+        ctx: the batch (its ``tokens`` are used).
+        windows: per image, the half-open token windows in view order.
+    """
+    bb = ctx.backbone
+    index: dict[tuple[int, views.Window], int] = {}
+    for b, ws in enumerate(windows):
+        for w in ws:
+            index.setdefault((b, tuple(w)), len(index))
+    unique = list(index)
+    dim = bb.facts.embed_dim
+    if not unique:
+        return [torch.zeros(0, dim) for _ in windows]
+    tokens = ctx.tokens
+    out = []
+    for i in range(0, len(unique), ctx.view_batch):
+        seqs = batched_feature_crop_tokens(tokens, unique[i : i + ctx.view_batch], bb.facts.grid)
+        out.append(bb.forward_from(seqs, ctx.feature_layer).cpu())
+    ctx.feature_crops_encoded += len(unique)
+    emb = torch.cat(out)
+    return [emb[torch.tensor([index[(b, tuple(w))] for w in ws], dtype=torch.long)] if ws else emb[:0]
+            for b, ws in enumerate(windows)]
+
+
+def token_keep_indices(
+    attention: torch.Tensor,
+    box: views.Box,
+    size: tuple[int, int],
+    attn_grid: tuple[int, int],
+    clip_grid: tuple[int, int],
+    keep: float,
+) -> torch.Tensor:
+    """Return the ``k = max(1, round(keep * G*G))`` patch indices of a pixel crop to keep (ascending).
+
+    Tokens are ranked by the image's attention at their centre (:func:`views.crop_token_cells`);
+    ties keep the lower index. ABS fast mode only.
+    """
+    gh, gw = clip_grid
+    cells = views.crop_token_cells(box, size[0], size[1], gh, gw, attn_grid[0], attn_grid[1])
+    scores = attention.float()[torch.tensor(cells)]
+    k = max(1, round(keep * gh * gw))
+    order = torch.sort(scores, descending=True, stable=True).indices[:k]
+    return order.sort().values
+
+
 def abs_views(
     ctx: BatchContext,
     cfg: ABSConfig,
@@ -198,8 +317,10 @@ def abs_views(
 ) -> list[ABSViews]:
     """Return the ABS views of every image of the batch (spec §1–§4).
 
-    Pixel crops of all images are encoded together in chunks; feature crops run the remaining
-    block(s) in one batch per image.
+    One attention pass per image; pixel crops of all images are encoded together in chunks of
+    ``ctx.view_batch``; the distinct feature crops of all images run the remaining block(s)
+    together (:func:`encode_feature_crops`); the full-image embedding reuses the feature-crop
+    tokens. Stages are timed with ``ctx.timer``.
 
     Args:
         ctx: the batch.
@@ -211,23 +332,34 @@ def abs_views(
     src = ctx.attention_source
     if src is None:
         raise RuntimeError("ABS needs an attention source")
-    att = ctx.attention
-    geo = []
-    for b, item in enumerate(ctx.items):
-        w, h = item.size
-        rng = image_rng(seed, item.key, "abs")
-        injected = draws[b] if draws is not None else None
-        geo.append(abs_geometry(att[b], injected, cfg, w, h, src.grid, bb.facts.grid, bb.facts.image_size[0], rng))
-    # pixel crops: crop the original image, then the model's own preprocessing (resize, centre crop)
-    crops = [bb.preprocess(item.image.crop(box)) for item, g in zip(ctx.items, geo) for box in g[3]]
-    pix_emb = ctx.encode_crops(crops)
+    timer = ctx.timer
+    with timer("attention"):
+        att = ctx.attention
+    with timer("crop geometry + resize"):
+        geo = []
+        for b, item in enumerate(ctx.items):
+            w, h = item.size
+            rng = image_rng(seed, item.key, "abs")
+            injected = draws[b] if draws is not None else None
+            geo.append(abs_geometry(att[b], injected, cfg, w, h, src.grid, bb.facts.grid, bb.facts.image_size[0],
+                                    rng))
+        # pixel crops: crop the original image, then the model's own preprocessing (resize, centre crop)
+        jobs = [(item, box) for item, g in zip(ctx.items, geo) for box in g[3]]
+        crops = ctx.crop_pixels(jobs)
+        keep = None
+        if cfg.token_keep < 1 and jobs:
+            keep = torch.stack([token_keep_indices(att[b], box, item.size, src.grid, bb.facts.grid, cfg.token_keep)
+                                for b, (item, g) in enumerate(zip(ctx.items, geo)) for box in g[3]])
+    with timer("image encoding"):
+        pix_emb = ctx.encode_crops(crops, keep)
+        if cfg.feature_crops > 0:
+            ctx.tokens  # noqa: B018 - the tokens entering the crop block (shared with the full image)
     feat_emb: list[torch.Tensor] = []
     if cfg.feature_crops > 0:
-        tokens = ctx.tokens
-        for b, g in enumerate(geo):
-            seqs = feature_crop_tokens(tokens[b], g[5], bb.facts.grid)
-            feat_emb.append(bb.forward_from(seqs, ctx.feature_layer).cpu())
-    full = ctx.full.cpu()
+        with timer("feature crops"):
+            feat_emb = encode_feature_crops(ctx, [g[5] for g in geo])
+    with timer("image encoding"):
+        full = ctx.full.cpu()
     out, offset = [], 0
     for b, (idx, prob, d, boxes, centres, windows) in enumerate(geo):
         parts = []

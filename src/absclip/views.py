@@ -182,3 +182,35 @@ def square_crop_box(x0: int, y0: int, side: int, width: int, height: int) -> Box
     x0 = min(max(x0, 0), width - side)
     y0 = min(max(y0, 0), height - side)
     return x0, y0, x0 + side, y0 + side
+
+
+def crop_token_cells(
+    box: Box,
+    width: int,
+    height: int,
+    grid_h: int,
+    grid_w: int,
+    attn_h: int,
+    attn_w: int,
+) -> list[int]:
+    """Return, for each token of a pixel crop (row-major CLIP grid), the attention-grid cell under its centre.
+
+    The crop is preprocessed the CLIP way (shorter side resized, centre square cropped), so the
+    model sees the centred square of side ``min(box width, box height)``; the CLIP token grid
+    (``grid_h`` × ``grid_w``) tiles that square. The attention grid (``attn_h`` × ``attn_w``)
+    spans the whole ``width`` × ``height`` image. Used by ABS's fast mode to rank a crop's tokens
+    by the image's attention map (token dropping); centre-crop rounding (< 1 px) is ignored.
+    """
+    x0, y0, x1, y1 = box
+    side = min(x1 - x0, y1 - y0)
+    left = x0 + (x1 - x0 - side) / 2
+    top = y0 + (y1 - y0 - side) / 2
+    cells = []
+    for r in range(grid_h):
+        y = top + (r + 0.5) * side / grid_h
+        ar = min(max(int(y * attn_h / height), 0), attn_h - 1)
+        for c in range(grid_w):
+            x = left + (c + 0.5) * side / grid_w
+            ac = min(max(int(x * attn_w / width), 0), attn_w - 1)
+            cells.append(ar * attn_w + ac)
+    return cells

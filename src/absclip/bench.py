@@ -1,0 +1,635 @@
+"""``absclip bench``: measure ABS against a naive, reference-style pipeline on the same images.
+
+Both pipelines run in one process on the same images with the same crop draws, so the ratio
+of their times and the difference of their logits are meaningful even on a noisy machine.
+
+The **naive pipeline** (:func:`naive_abs_logits`) mirrors the published reference
+(BIT-DA/ABS ``main.py`` / ``helper.py`` / ``clip/model.py``), fp32, one image at a time:
+
+* the attention model runs twice per image (the reference runs DINO in its loader worker and
+  again in the main process, with identical results);
+* every pixel crop is ``PIL.Image.crop`` + the CLIP preprocessing, one crop at a time;
+* one image-encoder call for the view group "full image + pixel crops", through open_clip's
+  own modules (``nn.MultiheadAttention``, convolutional patch embedding, all tokens in every
+  block), then the full image again up to the feature-crop block;
+* feature crops: a Python loop over views (crop window, bicubic resize, prepend CLS), then one
+  call for the group through the remaining block(s);
+* scoring: the reference's formula (``log_softmax().exp() * s`` summed) per image over all its
+  views at once (the reference batches this over images too, so it is not made slower here).
+
+The **optimised pipeline** is the library's own path (:func:`absclip.pipeline.abs_views` and
+:class:`absclip.methods.ABSMethod`), with decoding in DataLoader workers.
+
+Without ``pretrained`` weights the CLIP model is built from its config with random weights, and
+without an attention model a DINO ViT-B/16 is built from its config with random weights (speed
+does not depend on weights); the report says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .config import ABSConfig, fast_abs_config
+from .data import ImageItem, list_images, make_item
+from .errors import AbsclipError
+from .loader import default_workers, iter_image_batches
+from .methods import ABSMethod, get_method_class
+from .models import (
+    AttentionSource,
+    ClipBackbone,
+    ClipSelfAttention,
+    HFAttention,
+    load_attention,
+    load_clip,
+    resolve_device,
+    resolve_precision,
+)
+from .pipeline import BatchContext, abs_geometry, feature_crop_tokens
+from .sampling import ABSDraws, image_rng
+from .text import EncodedBank, TextEncoder
+from .timing import StageTimer, peak_rss_mb, reset_peak_rss
+from .vit_fast import fused_vit, vit_flops
+
+log = logging.getLogger(__name__)
+
+#: stage names, in pipeline order (per-image seconds are reported for each)
+STAGES = ("decode", "attention", "crop geometry + resize", "image encoding", "feature crops", "scoring")
+BENCH_METHODS = ("abs", "abs-fast")
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+@dataclass
+class BenchSettings:
+    """What ``absclip bench`` runs (the CLI options, one field each).
+
+    Attributes:
+        images: a directory of images (searched recursively, sorted); the first ``limit`` are used.
+        model / pretrained / quick_gelu: the CLIP model (``pretrained=None``: random weights).
+        attention_model: HF name or directory of the attention ViT, or ``clip``; None builds a
+            DINO ViT-B/16 with random weights.
+        methods: ``abs`` (faithful) and/or ``abs-fast`` (fast mode; changes results).
+        precisions: compute precisions of the optimised runs (``auto``, ``fp32``, ``bf16``, ``fp16``);
+            the naive pipeline is always fp32.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        batch_size: images per batch of the optimised pipeline; view_batch: views per encoder call.
+        workers: decode worker processes (None: one per spare core, at most 4).
+        crop_workers: threads making pixel crops.
+        classes / descriptions_per_class: size of the synthetic description bank (random unit
+            vectors) used for scoring when ``descriptions`` is None.
+        descriptions / classes_file: a real CuPL-style description file (encoded once, cached).
+        text_sample: sentences encoded to measure text-encoder throughput (0 to skip).
+        naive: also run the naive pipeline; repeat: runs of everything (the fastest is reported).
+        warmup: first run every pipeline once on the first image, untimed (first calls allocate
+            memory and create kernels).
+        abs_config: ABS settings of the faithful run (``abs-fast`` derives its own).
+    """
+
+    images: str
+    limit: int = 5
+    model: str = "ViT-B-16"
+    pretrained: str | None = None
+    quick_gelu: bool | None = None
+    attention_model: str | None = None
+    methods: tuple[str, ...] = ("abs",)
+    precisions: tuple[str, ...] = ("auto",)
+    device: str = "auto"
+    batch_size: int = 4
+    view_batch: int = 64
+    workers: int | None = None
+    crop_workers: int = 0
+    seed: int = 0
+    classes: int = 1000
+    descriptions_per_class: int = 50
+    descriptions: str | None = None
+    classes_file: str | None = None
+    text_sample: int = 64
+    naive: bool = True
+    repeat: int = 1
+    warmup: bool = True
+    abs_config: ABSConfig = field(default_factory=ABSConfig)
+
+
+# -------------------------------------------------------------------------------------------
+# models
+# -------------------------------------------------------------------------------------------
+
+
+def random_dino_vitb16(device: torch.device) -> HFAttention:
+    """Return a DINO ViT-B/16-shaped attention source with random weights (no download).
+
+    ``transformers`` ``ViTConfig``: hidden 768, 12 layers, 12 heads, MLP 3072, patch 16, input
+    224, with ``facebook/dino-vitb16``'s preprocessing (224×224 bilinear squash, mean = std = 0.5).
+    """
+    from transformers import ViTConfig, ViTModel
+
+    cfg = ViTConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                    patch_size=16, image_size=224, qkv_bias=True, layer_norm_eps=1e-12)
+    with tempfile.TemporaryDirectory(prefix="absclip-dino-") as d:
+        torch.manual_seed(0)
+        ViTModel(cfg, add_pooling_layer=False).save_pretrained(d)
+        with open(os.path.join(d, "preprocessor_config.json"), "w", encoding="utf-8") as f:
+            json.dump({"do_resize": True, "size": 224, "resample": 2, "do_normalize": True,
+                       "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}, f)
+        src = HFAttention(d, device=device)
+    src.name = "random DINO ViT-B/16"
+    src.identity = "random-dino-vitb16"
+    return src
+
+
+def cast_backbone(bb: ClipBackbone, dtype: torch.dtype) -> ClipBackbone:
+    """Return ``bb`` with a copy of its model cast to ``dtype`` (same weights; ``bb`` is unchanged)."""
+    if dtype == bb.dtype:
+        return bb
+    new = copy.copy(bb)
+    new.model = copy.deepcopy(bb.model).to(dtype)
+    new.dtype = dtype
+    if getattr(bb, "fused", None) is not None:
+        new.fused = fused_vit(new.model.visual)
+    return new
+
+
+def _mlp_width(module: Any, width: int) -> int:
+    fc = getattr(getattr(module, "mlp", None), "c_fc", None)
+    return int(fc.out_features) if fc is not None else 4 * width
+
+
+def clip_tower_flops(bb: ClipBackbone) -> dict[str, float]:
+    """Return FLOP building blocks of the CLIP image tower (see :func:`absclip.vit_fast.vit_flops`).
+
+    Keys: ``full`` (one plain forward), ``full_cls`` (last block CLS-only), ``embed``, ``block``
+    (one full block on all tokens), ``block_cls``, ``proj``; plus ``tokens``, ``width``, ``mlp``.
+    """
+    f = bb.facts
+    t = 1 + f.grid[0] * f.grid[1]
+    blocks = getattr(getattr(bb.model.visual, "transformer", None), "resblocks", None)
+    mlp = _mlp_width(blocks[0], f.width) if blocks is not None and len(blocks) else 4 * f.width
+    pd = 3 * f.patch_size[0] * f.patch_size[1]
+    npatch = f.grid[0] * f.grid[1]
+    out = {
+        "tokens": t, "width": f.width, "mlp": mlp, "blocks": f.num_blocks, "patch_dim": pd, "patches": npatch,
+        "embed": vit_flops(t, f.width, 0, mlp, patch_dim=pd, patches=npatch),
+        "block": vit_flops(t, f.width, 1, mlp),
+        "block_cls": vit_flops(t, f.width, 1, mlp, cls_last=True),
+        "proj": vit_flops(t, f.width, 0, mlp, out_dim=f.embed_dim),
+    }
+    out["full"] = out["embed"] + f.num_blocks * out["block"] + out["proj"]
+    out["full_cls"] = out["full"] - out["block"] + out["block_cls"]
+    return out
+
+
+def attention_pass_flops(src: AttentionSource, bb: ClipBackbone) -> float:
+    """Return the FLOPs of one attention-model pass on one image (0 when it reuses CLIP's tokens)."""
+    if isinstance(src, HFAttention):
+        c = src.model.config
+        t = 1 + src.grid[0] * src.grid[1]
+        return vit_flops(t, int(c.hidden_size), int(c.num_hidden_layers), int(c.intermediate_size),
+                         patch_dim=3 * int(c.patch_size) ** 2, patches=t - 1)
+    if isinstance(src, ClipSelfAttention):
+        cf = clip_tower_flops(bb)
+        return cf["embed"] + bb.block_index(src.layer) * cf["block"]
+    return 0.0
+
+
+def abs_image_flops(bb: ClipBackbone, cfg: ABSConfig, feature_views: float, *, fused: bool) -> float:
+    """Return the CLIP image-tower FLOPs per image of the optimised ABS pipeline.
+
+    Args:
+        cfg: ABS settings (pixel crops, token keep).
+        feature_views: feature crops actually encoded per image (distinct windows).
+        fused: whether the fused path (CLS-only last block) runs.
+    """
+    cf = clip_tower_flops(bb)
+    idx = bb.block_index(cfg.feature_layer) if cfg.feature_crops > 0 else cf["blocks"] - 1
+    tail_blocks = cf["blocks"] - idx
+    last = cf["block_cls"] if fused else cf["block"]
+    g = cf["patches"]
+    k = max(1, round(cfg.token_keep * g)) if cfg.token_keep < 1 else g
+    crop_tail = vit_flops(1 + k, cf["width"], cf["blocks"], cf["mlp"], cls_last=fused, out_dim=bb.facts.embed_dim)
+    pixel = cfg.pixel_crops * (cf["embed"] + crop_tail)
+    if cfg.feature_crops == 0:  # the full image is one plain forward
+        return pixel + (cf["full_cls"] if fused else cf["full"])
+    full = cf["embed"] + idx * cf["block"] + (tail_blocks - 1) * cf["block"] + last + cf["proj"]
+    feat = feature_views * ((tail_blocks - 1) * cf["block"] + last + cf["proj"])
+    return pixel + full + feat
+
+
+def naive_image_flops(bb: ClipBackbone, cfg: ABSConfig) -> float:
+    """Return the CLIP image-tower FLOPs per image of the naive pipeline (all tokens in every block)."""
+    cf = clip_tower_flops(bb)
+    if cfg.feature_crops == 0:
+        return (cfg.pixel_crops + 1) * cf["full"]
+    idx = bb.block_index(cfg.feature_layer)
+    tail = (cf["blocks"] - idx) * cf["block"] + cf["proj"]
+    return (cfg.pixel_crops + 1) * cf["full"] + cf["embed"] + idx * cf["block"] + cfg.feature_crops * tail
+
+
+# -------------------------------------------------------------------------------------------
+# the naive pipeline
+# -------------------------------------------------------------------------------------------
+
+
+def naive_abs_logits(
+    items: Sequence[ImageItem],
+    backbone: ClipBackbone,
+    attention: AttentionSource,
+    cfg: ABSConfig,
+    seed: int,
+    bank: EncodedBank,
+    timer: StageTimer,
+    draws: dict[str, tuple[ABSDraws, torch.Tensor]] | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Return reference-style ABS logits ``[N, C]`` and the number of top-k mismatches (see the module docstring).
+
+    Args:
+        items: decoded images.
+        backbone: the CLIP model (fp32); it runs through open_clip's own modules here.
+        attention: the attention source, run twice per image as the reference does.
+        cfg: faithful ABS settings.
+        seed: run seed (each image draws from ``image_rng(seed, key, "abs")`` unless injected).
+        bank: description embeddings ``[C, M, D]`` and mask.
+        timer: stage timer.
+        draws: optional ``{image key: (draws, topk_idx)}`` from the optimised run; injected so
+            both pipelines use identical crops. A differing top-k list is counted as a mismatch.
+    """
+    bb = backbone
+    dim = bb.facts.embed_dim
+    c, m, _ = bank.emb.shape
+    flat = bank.emb.reshape(c * m, dim).to(bb.device)
+    valid = bank.mask.reshape(c * m).to(bb.device)
+    grid = bb.facts.grid
+    out, mismatches = [], 0
+    saved = bb.use_fused
+    bb.use_fused = False
+    try:
+        with torch.inference_mode():
+            for item in items:
+                w, h = item.size
+                with timer("attention"):
+                    att = attention([item.image])[0]  # in the reference's loader worker
+                with timer("crop geometry + resize"):
+                    injected, ref_idx = (draws or {}).get(item.key, (None, None))
+                    idx, _, _, boxes, _, windows = abs_geometry(
+                        att, injected, cfg, w, h, attention.grid, grid, bb.facts.image_size[0],
+                        image_rng(seed, item.key, "abs"))
+                    if ref_idx is not None and not torch.equal(idx, ref_idx):
+                        mismatches += 1
+                    pixels = [bb.preprocess(item.image)]
+                    for box in boxes:  # one PIL crop + preprocess at a time
+                        pixels.append(bb.preprocess(item.image.crop(box)))
+                with timer("attention"):
+                    attention([item.image])  # the reference runs DINO again in the main process
+                with timer("image encoding"):
+                    px = torch.stack(pixels)
+                    emb = bb.encode_images(px)  # full image + pixel crops: one call for the view group
+                    tokens = bb.tokens_before(px[:1], cfg.feature_layer)[0] if cfg.feature_crops else None
+                with timer("feature crops"):
+                    if tokens is not None:
+                        seqs = [feature_crop_tokens(tokens, [win], grid)[0] for win in windows]  # per-view loop
+                        feat = bb.forward_from(torch.stack(seqs), cfg.feature_layer)
+                    else:
+                        feat = emb[:0]
+                with timer("scoring"):
+                    views = torch.cat([feat, emb[1:]]).to(flat.device)  # [V, D]
+                    s = (views @ flat.T) / cfg.score_temperature  # [V, C*M]
+                    s = s.masked_fill(~valid, float("-inf"))
+                    p = s.log_softmax(dim=-1).exp()
+                    ps = torch.where(valid, p * s, torch.zeros((), dtype=s.dtype, device=s.device))
+                    out.append(ps.view(-1, c, m).sum(-1).sum(0).float().cpu())
+    finally:
+        bb.use_fused = saved
+    return torch.stack(out), mismatches
+
+
+# -------------------------------------------------------------------------------------------
+# the optimised pipeline
+# -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _RunResult:
+    key: str
+    method: str
+    precision: str
+    logits: torch.Tensor
+    seconds: float
+    stages: dict[str, float]
+    peak_rss_mb: float
+    feature_views: float
+    draws: dict[str, tuple[ABSDraws, torch.Tensor]]
+    peak_gpu_mb: float | None = None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _optimised_run(
+    key: str, method_name: str, precision: str, paths: Sequence[str], bb: ClipBackbone, attention: AttentionSource,
+    cfg: ABSConfig, bank: EncodedBank, s: BenchSettings,
+) -> _RunResult:
+    method = ABSMethod(cfg)
+    method.bank = bank
+    timer = StageTimer()
+    logits, draws = [], {}
+    feat_views = 0
+    reset_peak_rss()
+    if bb.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(bb.device)
+    _sync(bb.device)
+    start = time.perf_counter()
+    batches = iter_image_batches(paths, s.batch_size, workers=s.workers)
+    while True:
+        with timer("decode"):
+            items = next(batches, None)
+        if items is None:
+            break
+        ctx = BatchContext(items, bb, attention, feature_layer=cfg.feature_layer, view_batch=s.view_batch,
+                           crop_workers=s.crop_workers, timer=timer)
+        with torch.inference_mode():
+            logits.append(method.logits(ctx, s.seed).float().cpu())
+        feat_views += ctx.feature_crops_encoded
+        for it, v in zip(items, method.last_views):
+            draws[it.key] = (v.draws, v.topk_idx)
+    _sync(bb.device)
+    seconds = time.perf_counter() - start
+    gpu = torch.cuda.max_memory_allocated(bb.device) / 2**20 if bb.device.type == "cuda" else None
+    return _RunResult(key, method_name, precision, torch.cat(logits), seconds, dict(timer.seconds), peak_rss_mb(),
+                      feat_views / max(1, len(paths)), draws, gpu)
+
+
+# -------------------------------------------------------------------------------------------
+# text
+# -------------------------------------------------------------------------------------------
+
+
+def synthetic_bank(classes: int, per_class: int, dim: int, seed: int) -> EncodedBank:
+    """Return ``classes × per_class`` random unit vectors as a description bank (scoring cost only)."""
+    g = torch.Generator().manual_seed(seed)
+    emb = F.normalize(torch.randn(classes, per_class, dim, generator=g), dim=-1)
+    mask = torch.ones(classes, per_class, dtype=torch.bool)
+    return EncodedBank(emb, mask, f"synthetic:{classes}x{per_class}:{seed}", [])
+
+
+def _real_bank(bb: ClipBackbone, s: BenchSettings, cfg: ABSConfig) -> EncodedBank:
+    from .text import load_classes, match_bank, read_text_source
+
+    desc = read_text_source(s.descriptions)
+    if not isinstance(desc, dict):
+        raise AbsclipError(f"{s.descriptions} holds templates, not per-class descriptions.")
+    classes = load_classes(classes_file=s.classes_file) if s.classes_file else load_classes(list(desc))
+    return TextEncoder(bb).encode_bank(match_bank(classes, desc), cfg.max_descriptions)
+
+
+def _text_throughput(bb: ClipBackbone, n: int, per_class: int) -> dict[str, float]:
+    """Return sentences/s of batched encoding and of the reference's one-class-at-a-time encoding."""
+    texts = [f"a photo of a thing number {i}, which has a distinctive shape and colour." for i in range(n)]
+    t0 = time.perf_counter()
+    bb.encode_texts(texts, batch_size=256)
+    _sync(bb.device)
+    t1 = time.perf_counter()
+    for i in range(0, n, per_class):  # the reference encodes one class's descriptions per call
+        bb.encode_texts(texts[i : i + per_class], batch_size=per_class)
+    _sync(bb.device)
+    t2 = time.perf_counter()
+    return {"sentences": n, "batched_per_s": n / (t1 - t0), "per_class_per_s": n / (t2 - t1)}
+
+
+# -------------------------------------------------------------------------------------------
+# the benchmark
+# -------------------------------------------------------------------------------------------
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _per_image(stages: dict[str, float], n: int) -> dict[str, float]:
+    return {k: stages.get(k, 0.0) / n for k in STAGES}
+
+
+def run_benchmark(s: BenchSettings) -> dict[str, Any]:
+    """Run the benchmark; return the report (the JSON ``absclip bench --json`` prints last).
+
+    Raises:
+        AbsclipError: no images, an unknown method or precision, unreadable files.
+    """
+    for m in s.methods:
+        get_method_class(m)
+        if m not in BENCH_METHODS:
+            raise AbsclipError(f"absclip bench measures {', '.join(BENCH_METHODS)}; got {m!r}.")
+    if s.limit < 1 or s.repeat < 1:
+        raise AbsclipError("--limit and --repeat must be at least 1.")
+    paths = [str(p) for p in list_images(s.images)][: s.limit]
+    if not paths:
+        raise AbsclipError(f"No images found under {s.images}.")
+    device = resolve_device(s.device)
+    dtypes = [resolve_precision(p, device) for p in s.precisions]
+    notes: list[str] = []
+
+    base = load_clip(s.model, s.pretrained, device=device, precision="fp32", quick_gelu=s.quick_gelu)
+    weights = s.pretrained or "random (built from the model config; speed does not depend on weights)"
+    if s.attention_model is None:
+        attention = random_dino_vitb16(device)
+        notes.append("attention model: DINO ViT-B/16 built from its config with random weights "
+                     "(pass --attention-model DIR for real weights)")
+    else:
+        attention = load_attention(s.attention_model, base, device=device)
+    if s.pretrained is None:
+        notes.append(f"CLIP {s.model}: random weights built from its config")
+    backbones = {dt: cast_backbone(base, dt) for dt in dict.fromkeys(dtypes)}
+    cfg_faithful = s.abs_config
+    cfgs = {"abs": cfg_faithful, "abs-fast": fast_abs_config(cfg_faithful)}
+
+    if s.descriptions:
+        banks = {dt: _real_bank(bb, s, cfg_faithful) for dt, bb in backbones.items()}
+        base_bank = banks.get(torch.float32) or _real_bank(base, s, cfg_faithful)
+        text_info: dict[str, Any] = {"source": s.descriptions}
+    else:
+        base_bank = synthetic_bank(s.classes, s.descriptions_per_class, base.facts.embed_dim, s.seed)
+        banks = dict.fromkeys(backbones, base_bank)
+        text_info = {"source": "synthetic random unit vectors (scoring cost only)"}
+    c, m, _ = base_bank.emb.shape
+    text_info.update({"classes": c, "descriptions_per_class": m})
+    if s.text_sample > 0:
+        log.info("measuring text-encoder throughput on %d sentences", s.text_sample)
+        tp = _text_throughput(backbones[dtypes[0]], s.text_sample, max(1, min(m, s.text_sample)))
+        text_info.update(tp)
+        text_info["bank_encode_s_estimate"] = c * m / tp["batched_per_s"]
+        text_info["note"] = "once per run and cached on disk (absclip.text.TextEncoder); not part of per-image time"
+
+    load_peak = peak_rss_mb()
+    if s.warmup:
+        log.info("warm-up on %s", paths[0])
+        for meth in s.methods:
+            for dt in dict.fromkeys(dtypes):
+                _optimised_run("warmup", meth, DTYPE_NAMES[dt], paths[:1], backbones[dt], attention, cfgs[meth],
+                               banks[dt], dataclasses.replace(s, workers=0))
+        if s.naive:
+            naive_abs_logits([make_item(paths[0])], base, attention, cfg_faithful, s.seed, base_bank, StageTimer())
+    runs: dict[str, _RunResult] = {}
+    naive: dict[str, Any] | None = None
+    naive_logits: torch.Tensor | None = None
+    n = len(paths)
+    for r in range(s.repeat):
+        for meth in s.methods:
+            for dt in dict.fromkeys(dtypes):
+                key = f"{meth}@{DTYPE_NAMES[dt]}"
+                log.info("run %d/%d: %s on %d images", r + 1, s.repeat, key, n)
+                res = _optimised_run(key, meth, DTYPE_NAMES[dt], paths, backbones[dt], attention, cfgs[meth],
+                                     banks[dt], s)
+                if key not in runs or res.seconds < runs[key].seconds:
+                    runs[key] = res
+                log.info("  %.2f s/image", res.seconds / n)
+        if s.naive:
+            donor = next((x for x in runs.values() if x.method == "abs"), None)
+            timer = StageTimer()
+            reset_peak_rss()
+            log.info("run %d/%d: naive reference-style pipeline (fp32) on %d images", r + 1, s.repeat, n)
+            _sync(device)
+            start = time.perf_counter()
+            with timer("decode"):
+                items = [make_item(p) for p in paths]
+            logits, mism = naive_abs_logits(items, base, attention, cfg_faithful, s.seed, base_bank, timer,
+                                            donor.draws if donor else None)
+            _sync(device)
+            secs = time.perf_counter() - start
+            log.info("  %.2f s/image", secs / n)
+            if naive is None or secs < naive["seconds"]:
+                naive = {"seconds": secs, "stages": dict(timer.seconds), "peak_rss_mb": peak_rss_mb(),
+                         "topk_mismatches": mism}
+                naive_logits = logits
+
+    fused = getattr(base, "fused", None) is not None
+    attn_pass = attention_pass_flops(attention, base)
+    reuse = isinstance(attention, ClipSelfAttention) and attention.layer == cfg_faithful.feature_layer
+    faithful_run = next((x for x in runs.values() if x.method == "abs"), None)
+    faithful_feat = faithful_run.feature_views if faithful_run else float(cfg_faithful.feature_crops)
+    flops = {
+        "naive": {"image_encoder_gflop": naive_image_flops(base, cfg_faithful) / 1e9,
+                  "attention_gflop": 2 * attn_pass / 1e9},
+        "abs": {"image_encoder_gflop": abs_image_flops(base, cfg_faithful, faithful_feat, fused=fused) / 1e9,
+                "attention_gflop": (0.0 if reuse else attn_pass) / 1e9},
+    }
+    results = []
+    for res in runs.values():
+        cfg = cfgs[res.method]
+        f_img = abs_image_flops(base, cfg, res.feature_views, fused=fused) / 1e9
+        entry: dict[str, Any] = {
+            "method": res.method, "precision": res.precision,
+            "images_per_s": n / res.seconds, "seconds_per_image": res.seconds / n,
+            "stages_s_per_image": _per_image(res.stages, n),
+            "scoring_share": res.stages.get("scoring", 0.0) / res.seconds,
+            "peak_rss_mb": res.peak_rss_mb,
+            "feature_crops_encoded_per_image": res.feature_views,
+            "image_encoder_gflop_per_image": f_img,
+            "image_encoder_flops_vs_faithful": flops["abs"]["image_encoder_gflop"] / f_img,
+            "image_encoder_flops_vs_naive": flops["naive"]["image_encoder_gflop"] / f_img,
+            "changes_results": res.method != "abs" or res.precision != "fp32",
+        }
+        if res.peak_gpu_mb is not None:
+            entry["peak_gpu_mb"] = res.peak_gpu_mb
+        if naive is not None and naive_logits is not None:
+            diff = (res.logits - naive_logits).abs()
+            entry.update({
+                "naive_images_per_s": n / naive["seconds"],
+                "speedup_vs_naive": naive["seconds"] / res.seconds,
+                "max_abs_logit_diff": float(diff.max()),
+                "top1_agreement_vs_naive": float((res.logits.argmax(1) == naive_logits.argmax(1)).float().mean()),
+            })
+        results.append(entry)
+    primary = results[0]
+    report: dict[str, Any] = {
+        "method": primary["method"],
+        "model": s.model,
+        "weights": weights,
+        "attention_model": getattr(attention, "name", str(s.attention_model)),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "precision": primary["precision"],
+        "images": n,
+        "images_dir": s.images,
+        "images_per_s": primary["images_per_s"],
+        "seconds_per_image": primary["seconds_per_image"],
+        "naive_images_per_s": primary.get("naive_images_per_s"),
+        "speedup_vs_naive": primary.get("speedup_vs_naive"),
+        "max_abs_logit_diff": primary.get("max_abs_logit_diff"),
+        "max_abs_logit": float(naive_logits.abs().max()) if naive_logits is not None else None,
+        "peak_rss_mb": primary["peak_rss_mb"],
+        "process_peak_rss_mb": max([load_peak, primary["peak_rss_mb"]] + [x["peak_rss_mb"] for x in results]
+                                   + ([naive["peak_rss_mb"]] if naive else [])),
+        "scoring_share": primary["scoring_share"],
+        "stages_s_per_image": primary["stages_s_per_image"],
+        "naive_stages_s_per_image": _per_image(naive["stages"], n) if naive else None,
+        "naive_topk_mismatches": naive["topk_mismatches"] if naive else None,
+        "runs": results,
+        "flops": flops,
+        "text": text_info,
+        "settings": {
+            "batch_size": s.batch_size, "view_batch": s.view_batch,
+            "workers": default_workers() if s.workers is None else s.workers, "crop_workers": s.crop_workers,
+            "repeat": s.repeat, "seed": s.seed, "torch_threads": torch.get_num_threads(),
+            "abs": dataclasses.asdict(cfg_faithful), "fused_vit": fused,
+        },
+        "versions": {"absclip": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "notes": notes,
+    }
+    return report
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    """Return a human-readable summary of a :func:`run_benchmark` report."""
+    lines = [f"absclip bench: {rep['images']} images from {rep['images_dir']}, {rep['model']} ({rep['weights']}), "
+             f"attention {rep['attention_model']}, {rep['device']} ({rep['device_name']})"]
+    lines += [f"note: {x}" for x in rep["notes"]]
+    head = f"{'run':<16}{'img/s':>8}{'s/img':>9}{'vs naive':>10}{'max|dlogit|':>13}{'top1 agree':>12}" \
+           f"{'GFLOP/img':>11}{'peak RSS MB':>13}"
+    lines += ["", head]
+    if rep["naive_images_per_s"] is not None:
+        lines.append(f"{'naive@fp32':<16}{rep['naive_images_per_s']:>8.3f}{1 / rep['naive_images_per_s']:>9.2f}"
+                     f"{'1.00x':>10}{'':>13}{'':>12}{rep['flops']['naive']['image_encoder_gflop']:>11.0f}")
+    for r in rep["runs"]:
+        sp = f"{r['speedup_vs_naive']:.2f}x" if "speedup_vs_naive" in r else "-"
+        dl = f"{r['max_abs_logit_diff']:.2e}" if "max_abs_logit_diff" in r else "-"
+        ag = f"{r['top1_agreement_vs_naive']:.2f}" if "top1_agreement_vs_naive" in r else "-"
+        lines.append(f"{r['method'] + '@' + r['precision']:<16}{r['images_per_s']:>8.3f}{r['seconds_per_image']:>9.2f}"
+                     f"{sp:>10}{dl:>13}{ag:>12}{r['image_encoder_gflop_per_image']:>11.0f}{r['peak_rss_mb']:>13.0f}")
+    lines += ["", "stage breakdown (s per image):", f"{'stage':<24}{'naive':>9}" +
+              "".join(f"{r['method'] + '@' + r['precision']:>16}" for r in rep["runs"])]
+    for st in STAGES:
+        nv = rep["naive_stages_s_per_image"][st] if rep["naive_stages_s_per_image"] else float("nan")
+        lines.append(f"{st:<24}{nv:>9.3f}" + "".join(f"{r['stages_s_per_image'][st]:>16.3f}" for r in rep["runs"]))
+    t = rep["text"]
+    if "batched_per_s" in t:
+        lines.append(f"{'text encoding (once)':<24} {t['sentences']} sentences: {t['batched_per_s']:.1f}/s batched, "
+                     f"{t['per_class_per_s']:.1f}/s one class per call; the {t['classes']}x"
+                     f"{t['descriptions_per_class']} bank ~{t['bank_encode_s_estimate']:.0f} s once, then cached")
+    lines.append(f"scoring against {t['classes']} classes x {t['descriptions_per_class']} descriptions: "
+                 f"{100 * rep['scoring_share']:.1f}% of per-image time ({t['source']})")
+    return "\n".join(lines)

@@ -1,0 +1,188 @@
+"""The fast ABS path: same results as the reference-style pipeline, fewer passes, and the bench command."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from absclip import ABSConfig, views
+from absclip.bench import abs_image_flops, naive_abs_logits, synthetic_bank
+from absclip.cli import main
+from absclip.config import fast_abs_config
+from absclip.data import make_item
+from absclip.loader import iter_image_batches
+from absclip.methods import ABSMethod, create_method
+from absclip.models import BackboneFacts
+from absclip.pipeline import BatchContext, encode_feature_crops, feature_crop_tokens
+from absclip.timing import StageTimer, peak_rss_mb
+from absclip.vit_fast import vit_flops
+
+from .conftest import CLIP_CFG, CLIP_WEIGHTS, DATA, DINO, GOLDEN_IMAGES
+
+PHOTOS = [str(p) for p in sorted((DATA / "photos").iterdir())[:4]]
+SMALL = ABSConfig(pixel_crops=6, feature_crops=12)
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def bank(backbone):
+    return synthetic_bank(7, 5, backbone.facts.embed_dim, seed=0)
+
+
+def optimised_logits(backbone, dino, bank, cfg, *, batch_size, workers, crop_workers=0, seed=0):
+    method = ABSMethod(cfg)
+    method.bank = bank
+    out, keys = [], []
+    for items in iter_image_batches(PHOTOS, batch_size, workers=workers):
+        ctx = BatchContext(items, backbone, dino, view_batch=16, crop_workers=crop_workers)
+        out.append(method.logits(ctx, seed))
+        keys += [it.key for it in items]
+    return torch.cat(out), keys
+
+
+@pytest.fixture(scope="module")
+def reference(backbone, dino, bank):
+    items = [make_item(p) for p in PHOTOS]
+    logits, mismatches = naive_abs_logits(items, backbone, dino, SMALL, 0, bank, StageTimer())
+    assert mismatches == 0
+    return logits
+
+
+@pytest.mark.parametrize(("batch_size", "workers", "crop_workers"), [(1, 0, 0), (4, 0, 2), (1, 2, 0), (4, 2, 2)])
+def test_optimised_path_equals_reference_pipeline(backbone, dino, bank, reference, batch_size, workers, crop_workers):
+    logits, _ = optimised_logits(backbone, dino, bank, SMALL, batch_size=batch_size, workers=workers,
+                                 crop_workers=crop_workers)
+    assert (logits - reference).abs().max() <= TOL
+    assert torch.equal(logits.argmax(1), reference.argmax(1))
+
+
+def test_fused_vit_matches_open_clip_modules(backbone, golden_items):
+    px = torch.stack([backbone.preprocess(it.image) for it in golden_items])
+    assert backbone.fused is not None and backbone.use_fused
+    fused = (backbone.encode_images(px), backbone.tokens_before(px, -1))
+    fused_tail = backbone.forward_from(fused[1], -1)
+    backbone.use_fused = False
+    try:
+        plain = (backbone.encode_images(px), backbone.tokens_before(px, -1))
+        plain_tail = backbone.forward_from(plain[1], -1)
+    finally:
+        backbone.use_fused = True
+    assert (fused[0] - plain[0]).abs().max() <= 1e-5
+    assert (fused[1] - plain[1]).abs().max() <= 1e-4
+    assert (fused_tail - plain_tail).abs().max() <= 1e-5
+
+
+def test_one_attention_pass_per_image_and_batched_encoder_calls(backbone, dino, bank):
+    calls = {"attention_images": 0, "forward_from": 0}
+    orig_forward = dino.model.forward
+    orig_from = backbone.forward_from
+
+    def counting_forward(*a, **kw):
+        calls["attention_images"] += kw["pixel_values"].shape[0]
+        return orig_forward(*a, **kw)
+
+    def counting_from(tokens, layer):
+        calls["forward_from"] += 1
+        return orig_from(tokens, layer)
+
+    dino.model.forward = counting_forward
+    backbone.forward_from = counting_from
+    try:
+        items = [make_item(p) for p in PHOTOS]
+        ctx = BatchContext(items, backbone, dino, view_batch=256)
+        method = ABSMethod(SMALL)
+        method.bank = bank
+        method.logits(ctx, 0)
+        assert calls["attention_images"] == len(items)
+        assert ctx.encoder_calls == 1  # all pixel crops of the batch in one call
+        assert calls["forward_from"] == 2  # all feature crops in one call + the full image
+        assert ctx.feature_crops_encoded < len(items) * SMALL.feature_crops  # repeated windows computed once
+        calls["attention_images"] = 0
+        naive_abs_logits(items[:1], backbone, dino, SMALL, 0, bank, StageTimer())
+        assert calls["attention_images"] == 2  # the reference runs DINO twice
+    finally:
+        del dino.model.forward
+        del backbone.forward_from
+
+
+def test_feature_crop_dedup_is_exact(backbone, golden_items):
+    ctx = BatchContext(golden_items, backbone, None, view_batch=4)
+    windows = [[(0, 9, 0, 9), (2, 11, 3, 14), (0, 9, 0, 9)], [(5, 14, 5, 14)], [(0, 9, 0, 9), (1, 14, 0, 13)]]
+    got = encode_feature_crops(ctx, windows)
+    assert ctx.feature_crops_encoded == 5
+    for b, ws in enumerate(windows):
+        want = backbone.forward_from(feature_crop_tokens(ctx.tokens[b], ws, backbone.facts.grid), -1)
+        assert got[b].shape == want.shape and (got[b] - want).abs().max() <= 1e-5
+
+
+def test_fast_mode_changes_results_and_keeps_tokens_by_attention(backbone, dino, bank, reference):
+    fast = create_method("abs-fast", abs_config=SMALL)
+    assert fast.cfg == fast_abs_config(SMALL) and fast.cfg.token_keep == 0.5
+    fast.bank = bank
+    items = [make_item(p) for p in PHOTOS]
+    logits = fast.logits(BatchContext(items, backbone, dino), 0)
+    assert torch.isfinite(logits).all() and not torch.allclose(logits, reference, atol=1e-3)
+    # keep = 1 is the faithful path
+    full = dataclasses.replace(SMALL, token_keep=1.0)
+    same, _ = optimised_logits(backbone, dino, bank, full, batch_size=4, workers=0)
+    assert (same - reference).abs().max() <= TOL
+
+
+def test_crop_token_cells_cover_the_seen_square():
+    # a full square image seen whole: token cells tile the attention grid in order
+    cells = views.crop_token_cells((0, 0, 224, 224), 224, 224, 14, 14, 14, 14)
+    assert cells == list(range(196))
+    # a landscape box: only its centred square is seen, so the leftmost/rightmost columns are never used
+    cells = views.crop_token_cells((0, 0, 448, 224), 448, 224, 14, 14, 14, 14)
+    cols = {c % 14 for c in cells}
+    assert min(cols) == 3 and max(cols) == 10
+
+
+def test_flop_estimates():
+    # ViT-B/16 at 224: 17.6 GMACs per image
+    assert vit_flops(197, 768, 12, 3072, patch_dim=768, patches=196, out_dim=512) == pytest.approx(35.1e9, rel=0.01)
+    resblock = SimpleNamespace(mlp=SimpleNamespace(c_fc=SimpleNamespace(out_features=3072)))
+    bb = SimpleNamespace(facts=BackboneFacts((224, 224), (16, 16), (14, 14), 12, 768, 512),
+                         model=SimpleNamespace(visual=SimpleNamespace(transformer=SimpleNamespace(
+                             resblocks=[resblock]))),
+                         block_index=lambda layer: layer + 12 if layer < 0 else layer)
+    faithful = abs_image_flops(bb, ABSConfig(), 50, fused=True)
+    fast = abs_image_flops(bb, fast_abs_config(ABSConfig()), 50, fused=True)
+    assert 45 < faithful / 35.1e9 < 50  # ~47 forward-equivalents (CLS-only last blocks)
+    assert faithful / fast >= 4
+
+
+def test_stage_timer_and_rss():
+    t = StageTimer()
+    with t("a"):
+        pass
+    with t("a"):
+        pass
+    assert t.calls["a"] == 2 and t.seconds["a"] >= 0
+    assert peak_rss_mb() > 10
+
+
+def test_bench_cli_json_smoke(tmp_path, capsys):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for p in GOLDEN_IMAGES:
+        shutil.copy(p, imgs / p.name)
+    code = main(["bench", "--images", str(imgs), "--model", str(CLIP_CFG), "--pretrained", str(CLIP_WEIGHTS),
+                 "--attention-model", str(DINO), "--crops", "4", "--feature-crops", "6", "--classes", "10",
+                 "--descriptions-per-class", "3", "--text-sample", "4", "--method", "abs,abs-fast",
+                 "--batch-size", "2", "--json"])
+    assert code == 0
+    rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("method", "model", "device", "images", "images_per_s", "naive_images_per_s", "speedup_vs_naive",
+                "max_abs_logit_diff", "peak_rss_mb", "stages_s_per_image", "flops", "runs"):
+        assert key in rep, key
+    assert rep["method"] == "abs" and rep["images"] == 3 and rep["device"] == "cpu"
+    assert rep["max_abs_logit_diff"] <= TOL and rep["naive_topk_mismatches"] == 0
+    assert rep["images_per_s"] > 0 and rep["speedup_vs_naive"] > 0 and rep["peak_rss_mb"] > 0
+    fast = next(r for r in rep["runs"] if r["method"] == "abs-fast")
+    assert fast["changes_results"] and fast["image_encoder_flops_vs_faithful"] > 1
