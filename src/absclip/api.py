@@ -159,6 +159,20 @@ class Classifier:
             self._methods[name] = m
         return self._methods[name]
 
+    def prepared_methods(self) -> dict[str, Method]:
+        """Return the methods prepared so far, ``{name: method}`` (their text embeddings included)."""
+        return dict(self._methods)
+
+    def adopt_methods(self, methods: dict[str, Method]) -> Classifier:
+        """Use methods prepared by another process from the same classes and an identical backbone; returns ``self``.
+
+        Scale-out workers receive the text side this way instead of encoding it again.
+        """
+        if self.inputs is None:
+            raise AbsclipError("No classes set: call set_classes(...) first.")
+        self._methods.update(methods)
+        return self
+
     @property
     def attention(self) -> AttentionSource:
         """The attention source (loaded on first use)."""
@@ -171,10 +185,16 @@ class Classifier:
         return self._attention
 
     # -- image side ----------------------------------------------------------------------------
-    def context(self, items: list[ImageItem], methods: Iterable[str]) -> BatchContext:
-        """Return a :class:`BatchContext` for a batch, with the attention source if a method needs it."""
+    def context(self, items: list[ImageItem], methods: Iterable[str],
+                attention: AttentionSource | None = None) -> BatchContext:
+        """Return a :class:`BatchContext` for a batch, with the attention source if a method needs it.
+
+        ``attention`` replaces the classifier's own source for this batch (e.g. maps computed by an
+        earlier scale-out stage).
+        """
         need_attn = any(get_method_class(m).needs_attention for m in methods)
-        return BatchContext(items, self.backbone, self.attention if need_attn else None,
+        src = (self.attention if attention is None else attention) if need_attn else None
+        return BatchContext(items, self.backbone, src,
                             feature_layer=self.abs_config.feature_layer, view_batch=self.view_batch)
 
     def logits_batch(self, items: list[ImageItem], methods: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -31,7 +31,8 @@ models:
 """
 
 # Subcommands living in their own modules: each exposes ``register(subparsers, common_parents)``.
-EXTRA_COMMANDS: tuple[str, ...] = ("absclip.commands_describe", "absclip.commands_explain", "absclip.commands_bench")
+EXTRA_COMMANDS: tuple[str, ...] = ("absclip.commands_describe", "absclip.commands_explain", "absclip.commands_bench",
+                                  "absclip.commands_label")
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -200,6 +201,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for m in methods:
         get_method_class(m)
     classes = load_classes(args.classes, args.classes_file)
+    if getattr(args, "engine", "local") == "ray":  # scale-out engine (absclip.scaleout): same results document
+        from .commands_label import eval_on_ray
+
+        return print_eval_results(eval_on_ray(args, classes, methods), args)
     samples = take(load_samples(args.data, classes, image_column=args.image_column,
                                 label_column=args.label_column), args.limit)
     clf = build_classifier(args)
@@ -214,6 +219,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .report import write_report
 
         write_report(doc, args.report, clf=clf, max_images=args.report_max_images)
+    return print_eval_results(doc, args)
+
+
+def print_eval_results(doc: dict[str, Any], args: argparse.Namespace) -> int:
+    """Print an eval results document (JSON, or a metrics table with the files written); return 0."""
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
     else:
@@ -314,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "accuracy, confusions, misclassified images with explanations")
     p.add_argument("--report-max-images", type=int, default=24, metavar="N",
                    help="misclassified images in the report's gallery (default: %(default)s)")
+    importlib.import_module("absclip.commands_label").add_engine_options(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("models", help="list open_clip models and pretrained tags")

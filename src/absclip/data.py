@@ -51,6 +51,11 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
         path: an image file.
         max_pixels: refuse images with more pixels than this (decompression-bomb guard); None = no limit.
     """
+    return decode_image(read_image_bytes(path), path, max_pixels=max_pixels)
+
+
+def read_image_bytes(path: str | os.PathLike) -> bytes:
+    """Return the bytes of the local file ``path``; raise :class:`BadImageError` (one sentence) if unreadable."""
     p = Path(path)
     if not p.exists():
         raise BadImageError(f"{p}: no such file.")
@@ -58,11 +63,25 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_
         raise BadImageError(f"{p}: is a directory, not an image.")
     try:
         with open(p, "rb") as f:
-            data = f.read()
+            return f.read()
     except PermissionError as e:
         raise BadImageError(f"{p}: permission denied.") from e
     except OSError as e:
         raise BadImageError(f"{p}: cannot be read ({e.strerror}).") from e
+
+
+def decode_image(data: bytes, name: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Return the encoded image ``data`` decoded to RGB (see :func:`to_rgb`).
+
+    Args:
+        data: the file's bytes.
+        name: the file's name or URI, used in error messages.
+        max_pixels: refuse images with more pixels than this; None = no limit.
+
+    Raises:
+        BadImageError: empty, unrecognised, corrupt or too large, in one sentence naming ``name``.
+    """
+    p = Path(name) if "://" not in str(name) else name
     if not data:
         raise BadImageError(f"{p}: the file is empty (0 bytes).")
     old = Image.MAX_IMAGE_PIXELS
@@ -136,6 +155,7 @@ class Sample:
     label: int
 
 
+LISTING_NAMES = ("labels.csv", "labels.tsv", "labels.jsonl")  # a folder's own listing
 IMAGE_COLUMNS = ("path", "file", "filepath", "filename", "image", "image_path")
 LABEL_COLUMNS = ("label", "target", "class_index", "label_index", "imagenet_index", "class", "classname",
                  "class_name", "clip_name")
@@ -173,7 +193,7 @@ def load_samples(data: str | os.PathLike, classes: ClassList, *, image_column: s
     if not p.exists():
         raise AbsclipError(f"Data path {p} does not exist.")
     if p.is_dir():
-        listing = next((p / n for n in ("labels.csv", "labels.tsv", "labels.jsonl") if (p / n).is_file()), None)
+        listing = next((p / n for n in LISTING_NAMES if (p / n).is_file()), None)
         if listing is not None:
             return _load_listing(listing, classes, image_column, label_column)
         subdirs = sorted(d for d in p.iterdir() if d.is_dir())
@@ -189,7 +209,8 @@ def load_samples(data: str | os.PathLike, classes: ClassList, *, image_column: s
     return _load_listing(p, classes, image_column, label_column)
 
 
-def _load_listing(path: Path, classes: ClassList, image_column: str | None, label_column: str | None) -> list[Sample]:
+def _read_rows(path: Path) -> list[dict]:
+    """Return the rows of a CSV/TSV/JSONL listing as dicts (raises :class:`AbsclipError` when unreadable or empty)."""
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".jsonl":
         rows = []
@@ -203,20 +224,72 @@ def _load_listing(path: Path, classes: ClassList, image_column: str | None, labe
         rows = list(csv.DictReader(io.StringIO(text), delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
     if not rows:
         raise AbsclipError(f"The listing {path} has no rows.")
-    cols = list(rows[0].keys())
+    return rows
+
+
+def listing_columns(cols: Sequence[str], where: str, image_column: str | None = None,
+                    label_column: str | None = None, *, labelled: bool = True) -> tuple[str, str | None]:
+    """Return ``(image column, label column)`` of a listing with columns ``cols`` (label None when unlabelled).
+
+    Raises:
+        AbsclipError: no image column, or no label column when ``labelled``.
+    """
     icol = image_column or next((c for c in IMAGE_COLUMNS if c in cols), None)
     lcol = label_column or next((c for c in LABEL_COLUMNS if c in cols), None)
     if icol is None or icol not in cols:
-        raise AbsclipError(f"{path} has no image column (looked for {', '.join(IMAGE_COLUMNS)}); use --image-column.")
-    if lcol is None or lcol not in cols:
-        raise AbsclipError(f"{path} has no label column (looked for {', '.join(LABEL_COLUMNS)}); use --label-column.")
-    base = path.parent
-    out = []
-    for n, r in enumerate(rows, 2):
-        f = str(r[icol])
-        fp = f if os.path.isabs(f) or "://" in f else str(base / f)
-        out.append(Sample(fp, _label_of(r[lcol], classes, f"{path.name} row {n}")))
-    return out
+        raise AbsclipError(f"{where} has no image column (looked for {', '.join(IMAGE_COLUMNS)}); use --image-column.")
+    if labelled and (lcol is None or lcol not in cols):
+        raise AbsclipError(f"{where} has no label column (looked for {', '.join(LABEL_COLUMNS)}); use --label-column.")
+    return icol, (lcol if labelled else None)
+
+
+def resolve_listed_path(base: str, value: str) -> str:
+    """Return a listed image path: absolute paths and URIs as they are, others relative to ``base`` (a folder)."""
+    value = str(value)
+    if os.path.isabs(value) or "://" in value:
+        return value
+    return f"{base.rstrip('/')}/{value}" if "://" in base else str(Path(base) / value)
+
+
+def label_index(value: object, classes: ClassList, where: str) -> int:
+    """Return the class index of a listing's label: an index into ``classes`` or a class name (or synonym)."""
+    return _label_of(str(value), classes, where)
+
+
+def _load_listing(path: Path, classes: ClassList, image_column: str | None, label_column: str | None) -> list[Sample]:
+    rows = _read_rows(path)
+    icol, lcol = listing_columns(list(rows[0].keys()), str(path), image_column, label_column)
+    base = str(path.parent)
+    return [Sample(resolve_listed_path(base, r[icol]), _label_of(r[lcol], classes, f"{path.name} row {n}"))
+            for n, r in enumerate(rows, 2)]
+
+
+
+def load_paths(data: str | os.PathLike, *, image_column: str | None = None) -> list[str]:
+    """Return the image paths of an unlabelled data set (for bulk labelling).
+
+    ``data`` is a folder (its ``labels.csv``/``.tsv``/``.jsonl`` listing if it has one, else every
+    image below it, sorted), a CSV/TSV/JSONL listing with an image column, or one image file.
+
+    Raises:
+        AbsclipError: a missing path, a listing without an image column, no images.
+    """
+    p = Path(data)
+    if not p.exists():
+        raise AbsclipError(f"Data path {p} does not exist.")
+    if p.is_dir():
+        listing = next((p / n for n in LISTING_NAMES if (p / n).is_file()), None)
+        if listing is None:
+            found = [str(f) for f in list_images(p)]
+            if not found:
+                raise AbsclipError(f"No images found under {p}.")
+            return found
+        p = listing
+    elif p.suffix.lower() in IMAGE_EXTENSIONS:
+        return [str(p)]
+    rows = _read_rows(p)
+    icol, _ = listing_columns(list(rows[0].keys()), str(p), image_column, labelled=False)
+    return [resolve_listed_path(str(p.parent), r[icol]) for r in rows]
 
 
 def take(samples: Sequence[Sample], limit: int | None) -> list[Sample]:

@@ -24,6 +24,9 @@ from .api import Classifier
 from .data import ImageItem, Sample, make_item
 from .errors import AbsclipError, BadImageError
 from .files import atomic_write_json
+from .methods import ABSMethod
+from .pipeline import BatchContext
+from .sampling import ABSDraws
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +97,7 @@ class PredictionLog:
                         "--output or --overwrite instead of mixing results."
                     )
                 good.append(line)
-                if rec.get("skipped"):
-                    log_.skipped[rec["file"]] = rec["reason"]
-                else:
-                    log_.done[(rec["file"], rec["method"])] = rec
+                log_._remember(rec)
             tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
             tmp.write_text("".join(g + "\n" for g in good), encoding="utf-8")
             os.replace(tmp, p)
@@ -110,6 +110,10 @@ class PredictionLog:
         rec = {"run": self.run_id, **rec}
         self._fh.write(json.dumps(rec) + "\n")
         self._fh.flush()
+        self._remember(rec)
+
+    def _remember(self, rec: dict[str, Any]) -> None:
+        """Note a record as done (``done[(file, method)]``) or skipped (``skipped[file] = reason``)."""
         if rec.get("skipped"):
             self.skipped[rec["file"]] = rec["reason"]
         else:
@@ -127,6 +131,132 @@ class PredictionLog:
 def run_id_for(spec: dict[str, Any]) -> str:
     """Return a short hash of everything that changes predictions (model, weights, texts, settings, seed)."""
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_spec(clf: Classifier, methods: Sequence[str], top: int) -> dict[str, Any]:
+    """Return everything that changes the predictions of ``methods`` (hashed by :func:`run_id_for`).
+
+    Prepares the methods (encodes their texts) if that has not happened yet.
+    """
+    prepared = {m: clf.method(m) for m in methods}
+    return {
+        "backbone": clf.backbone.identity,
+        "attention": clf.attention.identity if any(prepared[m].needs_attention for m in methods) else None,
+        "methods": {m: {"config": prepared[m].config(), "bank": prepared[m].bank_digest} for m in methods},
+        "seed": clf.seed,
+        "classes": clf.classes,
+        "top": top,
+        "dtype": str(clf.backbone.dtype),
+    }
+
+
+def predict_batch(
+    clf: Classifier,
+    ctx: BatchContext,
+    methods: Sequence[str],
+    top: int,
+    *,
+    draws: dict[str, Sequence[ABSDraws | None]] | None = None,
+) -> tuple[dict[str, list[list[dict[str, Any]]]], dict[str, float]]:
+    """Return ``({method: ranked classes per image}, {method: seconds})`` for one batch.
+
+    The one prediction step of every engine: the local loops below and the Ray actors call it.
+    Each image's ranking is ``max(top, 5)`` entries of ``{label, score, logit, index}``, best first.
+
+    Args:
+        clf: the classifier, classes set.
+        ctx: the batch (its items, shared full-image work and attention).
+        methods: method names, in the order to run them.
+        top: how many classes to keep (at least 5, for ``acc5``).
+        draws: ``{ABS method: draws per image}`` computed elsewhere (a scale-out stage); methods not in
+            it, and None entries, draw from each image's own generator here (the same values).
+    """
+    ranked: dict[str, list[list[dict[str, Any]]]] = {}
+    seconds: dict[str, float] = {}
+    for m in methods:
+        meth = clf.method(m)
+        t = time.perf_counter()
+        if draws and m in draws and isinstance(meth, ABSMethod):
+            logits = meth.logits(ctx, clf.seed, draws=draws[m]).float()
+        else:
+            logits = meth.logits(ctx, clf.seed).float()
+        seconds[m] = time.perf_counter() - t
+        ranked[m] = clf.ranked(logits, m, top=max(top, 5))
+    return ranked, seconds
+
+
+def results_document(
+    spec: dict[str, Any],
+    records: dict[str, Sequence[tuple[int, Sequence[int]]]],
+    *,
+    model: str,
+    pretrained: str | None,
+    dataset: str,
+    images: int,
+    skipped: list[dict[str, str]],
+    predictions: str,
+    seconds: float,
+    images_this_run: int,
+    method_seconds: dict[str, float],
+    extra_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Return the results document (CLIP_benchmark records per method) that both engines write.
+
+    Args:
+        spec: the run spec from :func:`run_spec`.
+        records: per method, ``(label, top-k class indices)`` of every predicted image.
+        model / pretrained / dataset: recorded as CLIP_benchmark does.
+        images: images in the data set; ``skipped``: ``[{file, reason}]``.
+        predictions: where the per-image predictions are.
+        seconds / images_this_run / method_seconds: timing of this run.
+    """
+    from . import __version__
+
+    methods = list(spec["methods"])
+    run_id = run_id_for(spec)
+    results = []
+    for m in methods:
+        recs = records.get(m, [])
+        metrics = compute_metrics([y for y, _ in recs], [t for _, t in recs], len(spec["classes"]))
+        results.append({
+            "dataset": dataset, "model": model, "pretrained": pretrained,
+            "task": TASK, "language": "en", "metrics": metrics,
+            "absclip": {
+                "version": __version__, "method": m, "method_config": spec["methods"][m]["config"],
+                "bank_hash": spec["methods"][m]["bank"], "seed": spec["seed"], "images": len(recs),
+                "seconds_this_run": round(method_seconds.get(m, 0.0), 3),
+            },
+        })
+    return {
+        "dataset": dataset, "model": model, "pretrained": pretrained, "task": TASK,
+        "language": "en", "seed": spec["seed"], "absclip_version": __version__, "run": run_id,
+        "images": images, "evaluated": images - len(skipped), "skipped": skipped,
+        "predictions": predictions,
+        "config": {**spec, **(extra_config or {})},
+        "timing": {"seconds": round(seconds, 3),
+                   "images_per_s": round(images_this_run / seconds, 4) if seconds else None},
+        "results": results,
+    }
+
+
+def write_results(doc: dict[str, Any], output: str | os.PathLike) -> dict[str, Any]:
+    """Write ``doc`` to ``output`` atomically and return it.
+
+    If ``output`` contains ``{method}``, one CLIP_benchmark-style file per method is written
+    instead and the returned document lists them under ``files``.
+    """
+    out_path = str(output)
+    if "{method}" in out_path:
+        files = []
+        for r in doc["results"]:
+            f = out_path.replace("{method}", r["absclip"]["method"])
+            atomic_write_json(f, {**r, "absclip": {**r["absclip"], "run": doc["run"], "skipped": doc["skipped"],
+                                                   "predictions": doc["predictions"], "config": doc["config"]}})
+            files.append(f)
+        doc["files"] = files
+    else:
+        atomic_write_json(out_path, doc)
+    return doc
 
 
 def evaluate(
@@ -154,25 +284,13 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from . import __version__
-
     if not samples:
         raise AbsclipError("There are no images to evaluate.")
     methods = list(dict.fromkeys(methods))
-    prepared = {m: clf.method(m) for m in methods}  # text side once, before any image
-    num_classes = len(clf.classes)
+    spec = run_spec(clf, methods, top)  # text side once, before any image
     out_path = str(output)
     pred_path = Path(predictions) if predictions else Path(
         out_path.replace("{method}", "all").rsplit(".json", 1)[0] + ".predictions.jsonl")
-    spec = {
-        "backbone": clf.backbone.identity,
-        "attention": clf.attention.identity if any(prepared[m].needs_attention for m in methods) else None,
-        "methods": {m: {"config": prepared[m].config(), "bank": prepared[m].bank_digest} for m in methods},
-        "seed": clf.seed,
-        "classes": clf.classes,
-        "top": top,
-        "dtype": str(clf.backbone.dtype),
-    }
     run_id = run_id_for(spec)
     if overwrite and pred_path.exists():
         pred_path.unlink()
@@ -199,13 +317,10 @@ def evaluate(
                         bar.update(1)
                 if not items:
                     continue
-                ctx = clf.context(items, methods)
+                ranked_by_method, secs = predict_batch(clf, clf.context(items, methods), methods, top)
                 for m in methods:
-                    t = time.perf_counter()
-                    logits = prepared[m].logits(ctx, clf.seed).float()
-                    method_seconds[m] += time.perf_counter() - t
-                    ranked = clf.ranked(logits, m, top=max(top, 5))
-                    for s, r in zip(kept, ranked):
+                    method_seconds[m] += secs[m]
+                    for s, r in zip(kept, ranked_by_method[m]):
                         if (s.path, m) in plog.done:
                             continue
                         plog.write({
@@ -220,37 +335,12 @@ def evaluate(
     elapsed = time.perf_counter() - t0
 
     order = [s.path for s in samples]
-    results = []
-    for m in methods:
-        recs = [plog.done[(p, m)] for p in order if (p, m) in plog.done]
-        metrics = compute_metrics([r["label"] for r in recs], [r["topk"] for r in recs], num_classes)
-        results.append({
-            "dataset": dataset, "model": clf.backbone.name, "pretrained": clf.backbone.pretrained,
-            "task": TASK, "language": "en", "metrics": metrics,
-            "absclip": {
-                "version": __version__, "method": m, "method_config": prepared[m].config(),
-                "bank_hash": prepared[m].bank_digest, "seed": clf.seed, "images": len(recs),
-                "seconds_this_run": round(method_seconds[m], 3),
-            },
-        })
-    skipped = [{"file": f, "reason": r} for f, r in plog.skipped.items()]
-    doc = {
-        "dataset": dataset, "model": clf.backbone.name, "pretrained": clf.backbone.pretrained, "task": TASK,
-        "language": "en", "seed": clf.seed, "absclip_version": __version__, "run": run_id,
-        "images": len(samples), "evaluated": len(samples) - len(skipped), "skipped": skipped,
-        "predictions": str(pred_path),
-        "config": {**spec, **(extra_config or {})},
-        "timing": {"seconds": round(elapsed, 3), "images_per_s": round(len(todo) / elapsed, 4) if elapsed else None},
-        "results": results,
-    }
-    if "{method}" in out_path:
-        files = []
-        for r in results:
-            f = out_path.replace("{method}", r["absclip"]["method"])
-            atomic_write_json(f, {**r, "absclip": {**r["absclip"], "run": run_id, "skipped": skipped,
-                                                   "predictions": str(pred_path), "config": doc["config"]}})
-            files.append(f)
-        doc["files"] = files
-    else:
-        atomic_write_json(out_path, doc)
-    return doc
+    records = {m: [(plog.done[(p, m)]["label"], plog.done[(p, m)]["topk"]) for p in order if (p, m) in plog.done]
+               for m in methods}
+    doc = results_document(
+        spec, records, model=clf.backbone.name, pretrained=clf.backbone.pretrained, dataset=dataset,
+        images=len(samples), skipped=[{"file": f, "reason": r} for f, r in plog.skipped.items()],
+        predictions=str(pred_path), seconds=elapsed, images_this_run=len(todo), method_seconds=method_seconds,
+        extra_config=extra_config,
+    )
+    return write_results(doc, out_path)

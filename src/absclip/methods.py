@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -17,7 +17,7 @@ import torch
 from . import scoring, text
 from .config import ABSConfig, WCAConfig, fast_abs_config
 from .pipeline import BatchContext, abs_views
-from .sampling import draw_wca_boxes, image_rng
+from .sampling import ABSDraws, draw_wca_boxes, image_rng
 from .text import ClassList, EncodedBank, TextEncoder
 
 log = logging.getLogger(__name__)
@@ -234,8 +234,9 @@ class ABSMethod(Method):
     def prepare(self, inputs: TextInputs, encoder: TextEncoder) -> None:
         self.bank = encoder.encode_bank(inputs.description_texts(), self.cfg.max_descriptions)
 
-    def logits(self, ctx: BatchContext, seed: int) -> torch.Tensor:
-        vs = abs_views(ctx, self.cfg, seed)
+    def logits(self, ctx: BatchContext, seed: int, draws: Sequence[ABSDraws | None] | None = None) -> torch.Tensor:
+        """Return logits ``[B, C]``; ``draws`` injects per-image crop draws computed elsewhere (None: draw here)."""
+        vs = abs_views(ctx, self.cfg, seed, draws)
         self.last_views = vs
         with ctx.timer("scoring"):
             emb = torch.stack([v.embeddings for v in vs])  # [B, V, D]
