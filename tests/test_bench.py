@@ -79,18 +79,19 @@ def test_fused_vit_matches_open_clip_modules(backbone, golden_items):
 
 def test_one_attention_pass_per_image_and_batched_encoder_calls(backbone, dino, bank):
     calls = {"attention_images": 0, "forward_from": 0}
-    orig_forward = dino.model.forward
+    embeddings = dino.model.embeddings  # runs once per attention pass, in the fast and the full path
+    orig_forward = embeddings.forward
     orig_from = backbone.forward_from
 
-    def counting_forward(*a, **kw):
-        calls["attention_images"] += kw["pixel_values"].shape[0]
-        return orig_forward(*a, **kw)
+    def counting_forward(pixel_values, *a, **kw):
+        calls["attention_images"] += pixel_values.shape[0]
+        return orig_forward(pixel_values, *a, **kw)
 
     def counting_from(tokens, layer):
         calls["forward_from"] += 1
         return orig_from(tokens, layer)
 
-    dino.model.forward = counting_forward
+    embeddings.forward = counting_forward
     backbone.forward_from = counting_from
     try:
         items = [make_item(p) for p in PHOTOS]
@@ -106,7 +107,7 @@ def test_one_attention_pass_per_image_and_batched_encoder_calls(backbone, dino, 
         naive_abs_logits(items[:1], backbone, dino, SMALL, 0, bank, StageTimer())
         assert calls["attention_images"] == 2  # the reference runs DINO twice
     finally:
-        del dino.model.forward
+        del embeddings.forward
         del backbone.forward_from
 
 
@@ -186,3 +187,24 @@ def test_bench_cli_json_smoke(tmp_path, capsys):
     assert rep["images_per_s"] > 0 and rep["speedup_vs_naive"] > 0 and rep["peak_rss_mb"] > 0
     fast = next(r for r in rep["runs"] if r["method"] == "abs-fast")
     assert fast["changes_results"] and fast["image_encoder_flops_vs_faithful"] > 1
+
+
+def test_attention_fast_path_matches_eager_maps(dino, golden_items, golden):
+    ims = [it.image for it in golden_items]
+    fast = dino.heads(ims)
+    dino.fast = False
+    try:
+        eager = dino.heads(ims)
+    finally:
+        dino.fast = True
+    assert (fast - eager).abs().max() <= 1e-5
+    assert (fast - torch.from_numpy(golden["dino_attn_heads"])).abs().max() <= 1e-5
+    assert dino.model.config._attn_implementation == "eager"  # restored
+
+
+def test_batched_crop_preprocessing_is_bit_identical(backbone, golden_items):
+    jobs = [(it, (x0, y0, x0 + 150, y0 + 120)) for it in golden_items for x0, y0 in ((0, 0), (33, 17), (101, 59))]
+    want = [backbone.preprocess(it.image.crop(box)) for it, box in jobs]
+    for workers in (0, 2):
+        got = BatchContext(golden_items, backbone, crop_workers=workers).crop_pixels(jobs)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))

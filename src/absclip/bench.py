@@ -89,7 +89,7 @@ class BenchSettings:
         device: ``cpu``, ``cuda`` or ``auto``.
         batch_size: images per batch of the optimised pipeline; view_batch: views per encoder call.
         workers: decode worker processes (None: one per spare core, at most 4).
-        crop_workers: threads making pixel crops.
+        crop_workers: threads making pixel crops (None: one per CPU core, at most 4).
         classes / descriptions_per_class: size of the synthetic description bank (random unit
             vectors) used for scoring when ``descriptions`` is None.
         descriptions / classes_file: a real CuPL-style description file (encoded once, cached).
@@ -110,9 +110,9 @@ class BenchSettings:
     precisions: tuple[str, ...] = ("auto",)
     device: str = "auto"
     batch_size: int = 4
-    view_batch: int = 64
+    view_batch: int = 32
     workers: int | None = None
-    crop_workers: int = 0
+    crop_workers: int | None = None
     seed: int = 0
     classes: int = 1000
     descriptions_per_class: int = 50
@@ -137,12 +137,16 @@ def random_dino_vitb16(device: torch.device) -> HFAttention:
     224, with ``facebook/dino-vitb16``'s preprocessing (224×224 bilinear squash, mean = std = 0.5).
     """
     from transformers import ViTConfig, ViTModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     cfg = ViTConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                     patch_size=16, image_size=224, qkv_bias=True, layer_norm_eps=1e-12)
     with tempfile.TemporaryDirectory(prefix="absclip-dino-") as d:
         torch.manual_seed(0)
-        ViTModel(cfg, add_pooling_layer=False).save_pretrained(d)
+        model = ViTModel(cfg)
+        model.save_pretrained(d)
+        del model
         with open(os.path.join(d, "preprocessor_config.json"), "w", encoding="utf-8") as f:
             json.dump({"do_resize": True, "size": 224, "resample": 2, "do_normalize": True,
                        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}, f)
@@ -274,8 +278,10 @@ def naive_abs_logits(
     valid = bank.mask.reshape(c * m).to(bb.device)
     grid = bb.facts.grid
     out, mismatches = [], 0
-    saved = bb.use_fused
-    bb.use_fused = False
+    saved = bb.use_fused, getattr(attention, "fast", None)
+    bb.use_fused = False  # open_clip's own modules
+    if saved[1] is not None:
+        attention.fast = False  # the whole attention model with eager attention maps, as the reference
     try:
         with torch.inference_mode():
             for item in items:
@@ -312,7 +318,9 @@ def naive_abs_logits(
                     ps = torch.where(valid, p * s, torch.zeros((), dtype=s.dtype, device=s.device))
                     out.append(ps.view(-1, c, m).sum(-1).sum(0).float().cpu())
     finally:
-        bb.use_fused = saved
+        bb.use_fused = saved[0]
+        if saved[1] is not None:
+            attention.fast = saved[1]
     return torch.stack(out), mismatches
 
 
@@ -333,6 +341,39 @@ class _RunResult:
     feature_views: float
     draws: dict[str, tuple[ABSDraws, torch.Tensor]]
     peak_gpu_mb: float | None = None
+
+
+def _merge_runs(parts: Sequence[_RunResult]) -> _RunResult:
+    """Return one result for consecutive batches of the same run (times and stages summed)."""
+    stages: dict[str, float] = {}
+    draws: dict[str, tuple[ABSDraws, torch.Tensor]] = {}
+    for p in parts:
+        for k, v in p.stages.items():
+            stages[k] = stages.get(k, 0.0) + v
+        draws.update(p.draws)
+    n = sum(len(p.logits) for p in parts)
+    gpu = [p.peak_gpu_mb for p in parts if p.peak_gpu_mb is not None]
+    return _RunResult(parts[0].key, parts[0].method, parts[0].precision, torch.cat([p.logits for p in parts]),
+                      sum(p.seconds for p in parts), stages, max(p.peak_rss_mb for p in parts),
+                      sum(p.feature_views * len(p.logits) for p in parts) / max(1, n), draws,
+                      max(gpu) if gpu else None)
+
+
+def _naive_run(
+    paths: Sequence[str], bb: ClipBackbone, attention: AttentionSource, cfg: ABSConfig, seed: int,
+    bank: EncodedBank, draws: dict[str, tuple[ABSDraws, torch.Tensor]] | None,
+) -> dict[str, Any]:
+    """Time the naive pipeline (decoding included) on ``paths``; return seconds, stages, logits, peak RSS."""
+    timer = StageTimer()
+    reset_peak_rss()
+    _sync(bb.device)
+    start = time.perf_counter()
+    with timer("decode"):
+        items = [make_item(p) for p in paths]
+    logits, mism = naive_abs_logits(items, bb, attention, cfg, seed, bank, timer, draws)
+    _sync(bb.device)
+    return {"seconds": time.perf_counter() - start, "stages": dict(timer.seconds), "logits": logits,
+            "peak_rss_mb": peak_rss_mb(), "topk_mismatches": mism}
 
 
 def _sync(device: torch.device) -> None:
@@ -447,6 +488,8 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
     if not paths:
         raise AbsclipError(f"No images found under {s.images}.")
     device = resolve_device(s.device)
+    if s.crop_workers is None:
+        s = dataclasses.replace(s, crop_workers=min(4, os.cpu_count() or 1))
     dtypes = [resolve_precision(p, device) for p in s.precisions]
     notes: list[str] = []
 
@@ -490,38 +533,42 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
                                banks[dt], dataclasses.replace(s, workers=0))
         if s.naive:
             naive_abs_logits([make_item(paths[0])], base, attention, cfg_faithful, s.seed, base_bank, StageTimer())
+    n = len(paths)
+    chunks = [paths[i : i + s.batch_size] for i in range(0, n, s.batch_size)]
+    keys = [(meth, dt) for meth in s.methods for dt in dict.fromkeys(dtypes)]
     runs: dict[str, _RunResult] = {}
     naive: dict[str, Any] | None = None
     naive_logits: torch.Tensor | None = None
-    n = len(paths)
     for r in range(s.repeat):
-        for meth in s.methods:
-            for dt in dict.fromkeys(dtypes):
+        # interleave at batch granularity: every pipeline sees the same machine load
+        parts: dict[str, list[_RunResult]] = {f"{m}@{DTYPE_NAMES[dt]}": [] for m, dt in keys}
+        naive_parts: list[dict[str, Any]] = []
+        for ci, chunk in enumerate(chunks):
+            log.info("repeat %d/%d, batch %d/%d", r + 1, s.repeat, ci + 1, len(chunks))
+            for meth, dt in keys:
                 key = f"{meth}@{DTYPE_NAMES[dt]}"
-                log.info("run %d/%d: %s on %d images", r + 1, s.repeat, key, n)
-                res = _optimised_run(key, meth, DTYPE_NAMES[dt], paths, backbones[dt], attention, cfgs[meth],
-                                     banks[dt], s)
-                if key not in runs or res.seconds < runs[key].seconds:
-                    runs[key] = res
-                log.info("  %.2f s/image", res.seconds / n)
-        if s.naive:
-            donor = next((x for x in runs.values() if x.method == "abs"), None)
-            timer = StageTimer()
-            reset_peak_rss()
-            log.info("run %d/%d: naive reference-style pipeline (fp32) on %d images", r + 1, s.repeat, n)
-            _sync(device)
-            start = time.perf_counter()
-            with timer("decode"):
-                items = [make_item(p) for p in paths]
-            logits, mism = naive_abs_logits(items, base, attention, cfg_faithful, s.seed, base_bank, timer,
-                                            donor.draws if donor else None)
-            _sync(device)
-            secs = time.perf_counter() - start
-            log.info("  %.2f s/image", secs / n)
+                parts[key].append(_optimised_run(key, meth, DTYPE_NAMES[dt], chunk, backbones[dt], attention,
+                                                 cfgs[meth], banks[dt], s))
+            if s.naive:
+                donor = next((parts[k][-1] for k in parts if k.startswith("abs@")), None)
+                naive_parts.append(_naive_run(chunk, base, attention, cfg_faithful, s.seed, base_bank,
+                                              donor.draws if donor else None))
+        for key, ps in parts.items():
+            res = _merge_runs(ps)
+            if key not in runs or res.seconds < runs[key].seconds:
+                runs[key] = res
+            log.info("repeat %d: %s %.2f s/image", r + 1, key, res.seconds / n)
+        if naive_parts:
+            secs = sum(x["seconds"] for x in naive_parts)
+            log.info("repeat %d: naive %.2f s/image", r + 1, secs / n)
             if naive is None or secs < naive["seconds"]:
-                naive = {"seconds": secs, "stages": dict(timer.seconds), "peak_rss_mb": peak_rss_mb(),
-                         "topk_mismatches": mism}
-                naive_logits = logits
+                stages: dict[str, float] = {}
+                for x in naive_parts:
+                    for k, v in x["stages"].items():
+                        stages[k] = stages.get(k, 0.0) + v
+                naive = {"seconds": secs, "stages": stages, "peak_rss_mb": max(x["peak_rss_mb"] for x in naive_parts),
+                         "topk_mismatches": sum(x["topk_mismatches"] for x in naive_parts)}
+                naive_logits = torch.cat([x["logits"] for x in naive_parts])
 
     fused = getattr(base, "fused", None) is not None
     attn_pass = attention_pass_flops(attention, base)

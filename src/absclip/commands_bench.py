@@ -88,10 +88,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="abs (faithful) and/or abs-fast (fast mode, changes results), comma-separated "
                         "(default: %(default)s)")
     r.add_argument("--batch-size", type=int, default=4, help="images per batch (default: %(default)s)")
-    r.add_argument("--view-batch", type=int, default=64, help="views per image-encoder call (default: %(default)s)")
+    r.add_argument("--view-batch", type=int, default=32, help="views per image-encoder call (default: %(default)s)")
     r.add_argument("--workers", type=int, default=None,
                    help="decode worker processes (default: one per spare CPU core, at most 4)")
-    r.add_argument("--crop-workers", type=int, default=0, help="threads making pixel crops (default: 0)")
+    r.add_argument("--crop-workers", type=int, default=None,
+                   help="threads making pixel crops (default: one per CPU core, at most 4)")
     r.add_argument("--seed", type=int, default=0, help="run seed (default: 0)")
     r.add_argument("--repeat", type=int, default=1,
                    help="run everything N times, alternating pipelines; the fastest of each is reported (default: 1)")

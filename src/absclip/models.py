@@ -645,7 +645,11 @@ class HFAttention(AttentionSource):
 
     @torch.inference_mode()
     def heads(self, images: list[Image.Image]) -> torch.Tensor:
-        out = self.model(pixel_values=self.pixel_values(images).to(self.device), output_attentions=True)
+        px = self.pixel_values(images).to(self.device)
+        fast = self._cls_attention_only(px) if self.fast else None
+        if fast is not None:
+            return fast.cpu()
+        out = self.model(pixel_values=px, output_attentions=True)
         atts = out.attentions
         if not atts:
             raise AbsclipError(f"{self.name} returned no attention maps (it must support eager attention).")
@@ -656,6 +660,48 @@ class HFAttention(AttentionSource):
                 f"{self.name} has {a.shape[-1]} tokens; expected CLS + {n} patches (register tokens are not supported)."
             )
         return a[:, :, 0, 1:].cpu()
+
+
+    #: compute only what the CLS attention of ``layer`` needs (SDPA attention in the earlier layers,
+    #: the later layers skipped); False runs the whole model with eager attention and
+    #: ``output_attentions`` as the reference does (same values up to float rounding)
+    fast: bool = True
+
+    def _cls_attention_only(self, px: torch.Tensor) -> torch.Tensor | None:
+        """Return ``[B, heads, rows*cols]`` computed up to ``layer`` only, or None if the model's layout is unknown.
+
+        Runs the model's own embedding and layers ``0 .. layer-1`` with SDPA attention, then
+        ``softmax(q k^T / sqrt(d))`` of ``layer`` for the CLS query alone (``attention_probs``).
+        """
+        model = self.model
+        layers = getattr(model, "layers", None)  # transformers >= 5
+        if layers is None:
+            layers = getattr(getattr(model, "encoder", None), "layer", None)  # transformers 4
+        embeddings = getattr(model, "embeddings", None)
+        if layers is None or embeddings is None or not hasattr(model, "set_attn_implementation"):
+            return None
+        target = layers[self.layer]
+        inner = getattr(target.attention, "attention", target.attention)  # 4.x nests the projections
+        q = getattr(inner, "q_proj", None) or getattr(inner, "query", None)
+        k = getattr(inner, "k_proj", None) or getattr(inner, "key", None)
+        ln = getattr(target, "layernorm_before", None)
+        heads = getattr(model.config, "num_attention_heads", None)
+        if q is None or k is None or ln is None or heads is None:
+            return None
+        before = model.config._attn_implementation
+        model.set_attn_implementation("sdpa")
+        try:
+            h = embeddings(px)
+            for layer in layers[: self.layer % len(layers)]:
+                out = layer(h)
+                h = out[0] if isinstance(out, tuple) else out
+        finally:
+            model.set_attn_implementation(before)
+        n = self.grid[0] * self.grid[1]
+        if h.shape[1] != n + 1:
+            return None  # register tokens etc.: the full path reports it
+        x = ln(h)
+        return attention_probs(q(x[:, :1]), k(x), int(heads))[:, :, 0, 1:]
 
 
 def _read_preprocessor(name_or_path: str) -> dict[str, Any]:

@@ -138,18 +138,51 @@ class BatchContext:
     def crop_pixels(self, jobs: Sequence[tuple[ImageItem, views.Box]]) -> list[torch.Tensor]:
         """Return the preprocessed pixel crops ``[3, S, S]`` for ``(image, box)`` pairs, in order.
 
-        Each crop is ``PIL.Image.crop(box)`` followed by the model's own preprocessing (exact, as
-        the reference). With ``crop_workers > 0`` the crops are made in a thread pool.
+        Each crop is ``PIL.Image.crop(box)`` followed by the model's own preprocessing, exactly as
+        the reference. When that preprocessing is PIL steps + ``ToTensor`` + ``Normalize`` (open_clip's),
+        the PIL steps run per crop (in a thread pool when ``crop_workers > 0``; PIL releases the
+        GIL) and the tensor conversion and normalisation run once for all crops: the same
+        element-wise arithmetic, so the pixels are bit-identical, without per-crop tensor ops.
         """
         pre = self.backbone.preprocess
+        split = split_preprocess(pre)
+        first = split[0] if split is not None else pre
 
-        def one(job: tuple[ImageItem, views.Box]) -> torch.Tensor:
-            return pre(job[0].image.crop(job[1]))
+        def one(job: tuple[ImageItem, views.Box]) -> Any:
+            return first(job[0].image.crop(job[1]))
 
         if self.crop_workers > 0 and len(jobs) > 1:
             with ThreadPoolExecutor(self.crop_workers) as pool:
-                return list(pool.map(one, jobs))
-        return [one(j) for j in jobs]
+                outs = list(pool.map(one, jobs))
+        else:
+            outs = [one(j) for j in jobs]
+        if split is None or not outs:
+            return outs
+        arrays = [np.asarray(im, dtype=np.uint8) for im in outs]
+        if any(a.shape != arrays[0].shape or a.ndim != 3 for a in arrays):
+            return [pre(job[0].image.crop(job[1])) for job in jobs]  # unusual transform output: per crop
+        _, mean, std = split
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255)
+        return list(x.sub_(mean).div_(std))
+
+
+def split_preprocess(preprocess: Any) -> tuple[Callable[[Any], Any], torch.Tensor, torch.Tensor] | None:
+    """Split a torchvision ``Compose`` ending in ``ToTensor`` + ``Normalize`` into its PIL part and mean/std.
+
+    Returns ``(pil_steps, mean [C,1,1], std [C,1,1])`` or None when the transform has another
+    shape (then it is applied as a whole).
+    """
+    steps = getattr(preprocess, "transforms", None)
+    if not isinstance(steps, (list, tuple)) or len(steps) < 2:
+        return None
+    to_tensor, norm = steps[-2], steps[-1]
+    from torchvision.transforms import Compose, Normalize, ToTensor
+
+    if not isinstance(to_tensor, ToTensor) or not isinstance(norm, Normalize):
+        return None
+    mean = torch.as_tensor(norm.mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.as_tensor(norm.std, dtype=torch.float32).view(-1, 1, 1)
+    return Compose(list(steps[:-2])), mean, std
 
 
 def topk_distribution(attention: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -70,8 +70,23 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
+def release_free_memory() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim``), so RSS reflects live data; no-op elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def reset_peak_rss() -> bool:
-    """Reset the process's peak-RSS counter (Linux ``/proc/self/clear_refs``); return whether it worked."""
+    """Reset the process's peak-RSS counter (Linux ``/proc/self/clear_refs``); return whether it worked.
+
+    Freed heap memory is returned to the OS first (:func:`release_free_memory`), so the new peak
+    starts from the memory actually in use.
+    """
+    release_free_memory()
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             f.write("5")
