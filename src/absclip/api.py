@@ -39,7 +39,10 @@ class Classifier:
         abs_config / wca_config: method settings (defaults: the reference's).
         seed: run seed; every image draws its crops from (seed, image content).
         batch_size: images per batch (never changes results).
-        view_batch: views per image-encoder call.
+        view_batch: views per image-encoder call (None: 32 on the CPU, where larger batches only
+            add activation memory, 256 on a GPU).
+        crop_workers: threads making ABS pixel crops (None: one per CPU core, at most 4); never
+            changes results.
         cache_dir / use_cache: text-embedding cache.
         attention_rollout: ``mean`` or ``max`` to use attention rollout (that head fusion) as the
             attention source; None (default) uses the single ``attention_layer``.
@@ -55,7 +58,8 @@ class Classifier:
         wca_config: WCAConfig | None = None,
         seed: int = 0,
         batch_size: int = 8,
-        view_batch: int = 256,
+        view_batch: int | None = None,
+        crop_workers: int | None = None,
         attention_layer: int = -1,
         cache_dir: str | None = None,
         use_cache: bool = True,
@@ -72,10 +76,13 @@ class Classifier:
         self.abs_config = abs_config or ABSConfig()
         self.wca_config = wca_config or WCAConfig()
         self.seed = int(seed)
+        if view_batch is None:
+            view_batch = 256 if backbone.device.type == "cuda" else 32
         if batch_size < 1 or view_batch < 1:
             raise AbsclipError("--batch-size must be at least 1.")
         self.batch_size = batch_size
         self.view_batch = view_batch
+        self.crop_workers = min(4, os.cpu_count() or 1) if crop_workers is None else crop_workers
         self.encoder = TextEncoder(backbone, cache_dir=cache_dir, use_cache=use_cache)
         self.inputs: TextInputs | None = None
         self._methods: dict[str, Method] = {}
@@ -195,7 +202,8 @@ class Classifier:
         need_attn = any(get_method_class(m).needs_attention for m in methods)
         src = (self.attention if attention is None else attention) if need_attn else None
         return BatchContext(items, self.backbone, src,
-                            feature_layer=self.abs_config.feature_layer, view_batch=self.view_batch)
+                            feature_layer=self.abs_config.feature_layer, view_batch=self.view_batch,
+                            crop_workers=self.crop_workers)
 
     def logits_batch(self, items: list[ImageItem], methods: Sequence[str]) -> dict[str, torch.Tensor]:
         """Return ``{method: logits [B, C]}`` for one batch, sharing the full-image work across methods."""

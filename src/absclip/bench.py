@@ -97,6 +97,7 @@ class BenchSettings:
         naive: also run the naive pipeline; repeat: runs of everything (the fastest is reported).
         warmup: first run every pipeline once on the first image, untimed (first calls allocate
             memory and create kernels).
+        threads: torch intra-op threads for the whole run (None: torch's default, one per core).
         abs_config: ABS settings of the faithful run (``abs-fast`` derives its own).
     """
 
@@ -110,7 +111,7 @@ class BenchSettings:
     precisions: tuple[str, ...] = ("auto",)
     device: str = "auto"
     batch_size: int = 4
-    view_batch: int = 32
+    view_batch: int = 16
     workers: int | None = None
     crop_workers: int | None = None
     seed: int = 0
@@ -122,6 +123,7 @@ class BenchSettings:
     naive: bool = True
     repeat: int = 1
     warmup: bool = True
+    threads: int | None = None
     abs_config: ABSConfig = field(default_factory=ABSConfig)
 
 
@@ -156,9 +158,17 @@ def random_dino_vitb16(device: torch.device) -> HFAttention:
     return src
 
 
-def cast_backbone(bb: ClipBackbone, dtype: torch.dtype) -> ClipBackbone:
-    """Return ``bb`` with a copy of its model cast to ``dtype`` (same weights; ``bb`` is unchanged)."""
+def cast_backbone(bb: ClipBackbone, dtype: torch.dtype, *, inplace: bool = False) -> ClipBackbone:
+    """Return ``bb`` with its model cast to ``dtype`` (same weights).
+
+    By default the model is copied and ``bb`` is unchanged; ``inplace=True`` casts ``bb``'s own
+    model (no second copy in memory) and returns ``bb``.
+    """
     if dtype == bb.dtype:
+        return bb
+    if inplace:
+        bb.model.to(dtype)
+        bb.dtype = dtype
         return bb
     new = copy.copy(bb)
     new.model = copy.deepcopy(bb.model).to(dtype)
@@ -488,6 +498,8 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
     if not paths:
         raise AbsclipError(f"No images found under {s.images}.")
     device = resolve_device(s.device)
+    if s.threads is not None:
+        torch.set_num_threads(s.threads)
     if s.crop_workers is None:
         s = dataclasses.replace(s, crop_workers=min(4, os.cpu_count() or 1))
     dtypes = [resolve_precision(p, device) for p in s.precisions]
@@ -503,7 +515,10 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
         attention = load_attention(s.attention_model, base, device=device)
     if s.pretrained is None:
         notes.append(f"CLIP {s.model}: random weights built from its config")
-    backbones = {dt: cast_backbone(base, dt) for dt in dict.fromkeys(dtypes)}
+    if not s.naive and len(set(dtypes)) == 1:  # one precision and no fp32 baseline: cast without a copy
+        backbones = {dtypes[0]: cast_backbone(base, dtypes[0], inplace=True)}
+    else:
+        backbones = {dt: cast_backbone(base, dt) for dt in dict.fromkeys(dtypes)}
     cfg_faithful = s.abs_config
     cfgs = {"abs": cfg_faithful, "abs-fast": fast_abs_config(cfg_faithful)}
 

@@ -48,7 +48,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         crop_workers=args.crop_workers, seed=args.seed, classes=args.classes,
         descriptions_per_class=args.descriptions_per_class, descriptions=args.descriptions,
         classes_file=args.classes_file, text_sample=args.text_sample, naive=not args.no_naive, repeat=args.repeat,
-        warmup=not args.no_warmup,
+        warmup=not args.no_warmup, threads=args.threads,
         abs_config=abs_cfg,
     )
     report = run_benchmark(settings)
@@ -88,7 +88,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="abs (faithful) and/or abs-fast (fast mode, changes results), comma-separated "
                         "(default: %(default)s)")
     r.add_argument("--batch-size", type=int, default=4, help="images per batch (default: %(default)s)")
-    r.add_argument("--view-batch", type=int, default=32, help="views per image-encoder call (default: %(default)s)")
+    r.add_argument("--view-batch", type=int, default=16, help="views per image-encoder call (default: %(default)s)")
     r.add_argument("--workers", type=int, default=None,
                    help="decode worker processes (default: one per spare CPU core, at most 4)")
     r.add_argument("--crop-workers", type=int, default=None,
@@ -96,6 +96,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     r.add_argument("--seed", type=int, default=0, help="run seed (default: 0)")
     r.add_argument("--repeat", type=int, default=1,
                    help="run everything N times, alternating pipelines; the fastest of each is reported (default: 1)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's, one per core); 1 is less sensitive to other "
+                        "processes on a shared machine")
     r.add_argument("--no-naive", action="store_true", help="skip the naive pipeline")
     r.add_argument("--no-warmup", action="store_true",
                    help="do not run every pipeline once on the first image before timing")

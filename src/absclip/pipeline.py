@@ -135,6 +135,24 @@ class BatchContext:
                 out.append(self.backbone.encode_images_dropped(px, keep[i : i + self.view_batch]).cpu())
         return torch.cat(out)
 
+    def encode_crop_jobs(self, jobs: Sequence[tuple[ImageItem, views.Box]],
+                         keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Crop, preprocess and encode ``(image, box)`` pairs ``view_batch`` at a time; return ``[N, D]``.
+
+        Only one chunk of crops is held in memory at a time. Crop time is recorded under the timer's
+        "crop geometry + resize" stage and encoding under "image encoding"; ``keep`` as in
+        :meth:`encode_crops`.
+        """
+        if not jobs:
+            return torch.zeros(0, self.backbone.facts.embed_dim)
+        out = []
+        for i in range(0, len(jobs), self.view_batch):
+            with self.timer("crop geometry + resize"):
+                px = self.crop_pixels(jobs[i : i + self.view_batch])
+            with self.timer("image encoding"):
+                out.append(self.encode_crops(px, None if keep is None else keep[i : i + self.view_batch]))
+        return torch.cat(out)
+
     def crop_pixels(self, jobs: Sequence[tuple[ImageItem, views.Box]]) -> list[torch.Tensor]:
         """Return the preprocessed pixel crops ``[3, S, S]`` for ``(image, box)`` pairs, in order.
 
@@ -378,13 +396,12 @@ def abs_views(
                                     rng))
         # pixel crops: crop the original image, then the model's own preprocessing (resize, centre crop)
         jobs = [(item, box) for item, g in zip(ctx.items, geo) for box in g[3]]
-        crops = ctx.crop_pixels(jobs)
         keep = None
         if cfg.token_keep < 1 and jobs:
             keep = torch.stack([token_keep_indices(att[b], box, item.size, src.grid, bb.facts.grid, cfg.token_keep)
                                 for b, (item, g) in enumerate(zip(ctx.items, geo)) for box in g[3]])
+    pix_emb = ctx.encode_crop_jobs(jobs, keep)  # crops made and encoded one view batch at a time
     with timer("image encoding"):
-        pix_emb = ctx.encode_crops(crops, keep)
         if cfg.feature_crops > 0:
             ctx.tokens  # noqa: B018 - the tokens entering the crop block (shared with the full image)
     feat_emb: list[torch.Tensor] = []

@@ -105,12 +105,13 @@ class FusedViT:
         attn = blk.attn
         b, t, width = x.shape
         heads = attn.num_heads
-        h = blk.ln_1(x)
-        qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+        qkv = F.linear(blk.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
         qkv = qkv.view(b, t, 3, heads, width // heads).permute(2, 0, 3, 1, 4)  # [3, B, heads, T, dh]
         o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # [B, heads, T, dh]
-        o = o.transpose(1, 2).reshape(b, t, width)
-        x = x + blk.ls_1(F.linear(o, attn.out_proj.weight, attn.out_proj.bias))
+        del qkv  # intermediates are released as soon as possible: peak memory is per view batch
+        o = F.linear(o.transpose(1, 2).reshape(b, t, width), attn.out_proj.weight, attn.out_proj.bias)
+        x = x + blk.ls_1(o)
+        del o
         return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
 
     @staticmethod
