@@ -40,10 +40,13 @@ def test_missing_ray_is_one_sentence(monkeypatch, tmp_path, capsys):
 
 
 def test_plan_defaults():
+    from absclip.errors import AbsclipError
     from absclip.scaleout import RayOptions, make_plan
 
     cpu = make_plan(RayOptions(), 16, 0, batch_size=8, attention_separable=True)
     assert cpu.attention_stage and cpu.actors == 15 and cpu.threads_per_actor == 1 and cpu.batch_size == 8
+    with pytest.raises(AbsclipError, match="exceed the cluster's 2 CPUs"):  # would wait forever
+        make_plan(RayOptions(actors=2), 2, 0, batch_size=8, attention_separable=True, fixed=True)
     gpu = make_plan(RayOptions(gpus_per_actor=0.5), 32, 4, batch_size=8, attention_separable=True)
     assert gpu.actors == 8 and not gpu.attention_stage
     own = make_plan(RayOptions(cpus_per_actor=1.5, actors=1), 2, 0, batch_size=4, attention_separable=False)

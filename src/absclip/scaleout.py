@@ -46,8 +46,8 @@ RAY_HINT = "Ray is not installed; install the extra with pip install 'absclip[ra
 LISTING_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 #: logical CPUs reserved by the light stages (decode, write) and by one attention actor
 DECODE_CPUS = 0.25
-WRITE_CPUS = 0.25
-ATTENTION_CPUS = 0.5
+WRITE_CPUS = 0.1
+ATTENTION_CPUS = 0.25
 
 
 def import_ray() -> Any:
@@ -140,13 +140,17 @@ class Plan:
 
 
 def make_plan(options: RayOptions, cluster_cpus: float, cluster_gpus: float, *, batch_size: int,
-              attention_separable: bool) -> Plan:
+              attention_separable: bool, fixed: bool = False) -> Plan:
     """Return the plan for ``options`` on a cluster with these resources (defaults filled in).
 
     Defaults: with GPUs, one actor per ``gpus_per_actor`` share of the cluster's GPUs and the
     attention inside the actors; without, 1 CPU per actor, attention in a CPU stage and as many
     actors as fit next to the light stages. ``attention_separable`` is False for CLIP's own
     attention, which always runs inside the actors.
+
+    Raises:
+        AbsclipError: the plan does not fit a ``fixed`` cluster (one that cannot grow, such as the
+            local instance absclip started), where Ray Data would wait for resources forever.
     """
     gpus = float(options.gpus_per_actor or 0.0)
     cpus = float(options.cpus_per_actor or 1.0)
@@ -160,12 +164,16 @@ def make_plan(options: RayOptions, cluster_cpus: float, cluster_gpus: float, *, 
         actors = max(1, int(cluster_gpus // gpus))
     else:
         actors = max(1, int((cluster_cpus - light) // cpus))
+    problems = []
     if actors * cpus + light > cluster_cpus + 1e-9:
-        log.warning("%d actor(s) x %g CPU plus %g CPU for the decode/attention/write stages exceed the cluster's %g "
-                    "CPUs; the run waits for resources unless the cluster grows (fractions such as "
-                    "--cpus-per-actor 0.5 are allowed).", actors, cpus, light, cluster_cpus)
+        problems.append(f"{actors} actor(s) x {cpus:g} CPU plus {light:g} CPU for the decode/attention/write stages "
+                        f"exceed the cluster's {cluster_cpus:g} CPUs (fractions such as --cpus-per-actor 0.5 work)")
     if gpus and actors * gpus > cluster_gpus + 1e-9:
-        log.warning("%d actor(s) x %g GPU exceed the cluster's %g GPUs.", actors, gpus, cluster_gpus)
+        problems.append(f"{actors} actor(s) x {gpus:g} GPU exceed the cluster's {cluster_gpus:g} GPUs")
+    if problems and fixed:
+        raise AbsclipError("; ".join(problems) + "; lower --actors or the per-actor resources.")
+    for p in problems:
+        log.warning("%s; the run waits for resources unless the cluster grows.", p)
     bs = options.batch_size or batch_size
     return Plan(actors, cpus, gpus, max(1, math.ceil(cpus)), stage, att_actors, bs, options.decode_batch_size or bs,
                 float(cluster_cpus), float(cluster_gpus))
@@ -533,9 +541,7 @@ class EncodeAndScore:
 
 def resolve_labels(batch: Any, image_column: str, label_column: str | None, base: str,
                    classes: ClassList | None, where: str) -> Any:
-    """Map a listing batch to ``(path, label)``: paths resolved against ``base``, labels to class indices."""
-    import pyarrow as pa
-
+    """Map a listing table to ``(path, label)``: paths resolved against ``base``, labels to class indices."""
     from .data import label_index, resolve_listed_path
 
     paths = [resolve_listed_path(base, str(v)) for v in batch.column(image_column).to_pylist()]
@@ -544,7 +550,7 @@ def resolve_labels(batch: Any, image_column: str, label_column: str | None, base
     else:
         labels = [label_index(v, classes, f"{where} ({p})")
                   for v, p in zip(batch.column(label_column).to_pylist(), paths)]
-    return pa.table({"path": pa.array(paths, pa.string()), "label": pa.array(labels, pa.int64())})
+    return _path_label_table(paths, labels)
 
 
 def _csv_header(fs: Any, path: str, delimiter: str) -> list[str]:
@@ -558,16 +564,18 @@ def _csv_header(fs: Any, path: str, delimiter: str) -> list[str]:
 
 def read_listing(data: str, *, classes: ClassList | None, image_column: str | None = None,
                  label_column: str | None = None, limit: int | None = None) -> Any:
-    """Return a materialised Ray dataset ``(path, label)`` of the images to process, in listing order.
+    """Return the images to process as a pyarrow table ``(path, label)``, in listing order.
 
     ``data`` is a folder (its ``labels.*`` listing, else its images: for eval an ImageFolder tree
-    ``DIR/<class>/...``) or a CSV/TSV/JSONL/Parquet listing; local path or URI. ``classes`` None
-    means unlabelled (``label`` null). ``limit`` keeps the first N rows.
+    ``DIR/<class>/...``) or a CSV/TSV/JSONL/Parquet listing; local path or URI. Listings are read
+    with Ray Data's readers; paths and labels are resolved here (a listing is small next to its
+    images). ``classes`` None means unlabelled (``label`` null). ``limit`` keeps the first N rows.
 
     Raises:
         AbsclipError: a missing path, unknown columns or labels, no images.
     """
     ray = import_ray()
+    import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.fs as pafs
 
@@ -586,57 +594,62 @@ def read_listing(data: str, *, classes: ClassList | None, image_column: str | No
     elif root.lower().endswith(LISTING_SUFFIXES):
         listing = root
     elif classes is None and root.lower().endswith(IMAGE_EXTENSIONS):
-        return ray.data.from_items([{"path": prefix + root, "label": None}])
+        return _path_label_table([prefix + root], [None])
     else:
         raise AbsclipError(f"{data}: expected a folder or a {'/'.join(LISTING_SUFFIXES)} listing.")
 
+    if listing is None:  # a folder of images
+        files = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+        paths, labels = [], []
+        for p in sorted(f.path for f in files if f.type == pafs.FileType.File
+                        and f.path.lower().endswith(IMAGE_EXTENSIONS)):
+            rel = p[len(root.rstrip("/")) + 1:]
+            if classes is None:
+                paths.append(prefix + p)
+                labels.append(None)
+            elif "/" in rel:  # ImageFolder: the first folder below DATA names the class
+                cls_name = rel.split("/", 1)[0]
+                paths.append(prefix + p)
+                labels.append(label_index(cls_name, classes, f"folder {cls_name}"))
+        if not paths:
+            hint = "" if classes is None else " in class sub-folders, and it has no labels.csv"
+            raise AbsclipError(f"No images found under {data}{hint}.")
+        table = _path_label_table(paths, labels)
+        return table if limit is None else table.slice(0, limit)
+
+    uri = prefix + listing
+    low = listing.lower()
     ctx = ray.data.DataContext.get_current()
     old_order = ctx.execution_options.preserve_order
-    ctx.execution_options.preserve_order = True  # --limit keeps the first N rows of the listing
+    ctx.execution_options.preserve_order = True  # rows in file order (--limit keeps the first N)
     try:
-        if listing is None:
-            files = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-            paths = sorted(f.path for f in files if f.type == pafs.FileType.File
-                           and f.path.lower().endswith(IMAGE_EXTENSIONS))
-            rows: list[dict[str, Any]] = []
-            for p in paths:
-                rel = p[len(root.rstrip("/")) + 1:]
-                if classes is None:
-                    rows.append({"path": prefix + p, "label": None})
-                elif "/" in rel:  # ImageFolder: the first folder below DATA names the class
-                    cls_name = rel.split("/", 1)[0]
-                    rows.append({"path": prefix + p, "label": label_index(cls_name, classes, f"folder {cls_name}")})
-            if not rows:
-                hint = "" if classes is None else " in class sub-folders, and it has no labels.csv"
-                raise AbsclipError(f"No images found under {data}{hint}.")
-            ds = ray.data.from_items(rows)
+        if low.endswith((".csv", ".tsv")):
+            delim = "\t" if low.endswith(".tsv") else ","
+            # every column as text, as Python's csv module reads it for the local engine
+            types = dict.fromkeys(_csv_header(fs, listing, delim), "string")
+            ds = ray.data.read_csv(uri, parse_options=pacsv.ParseOptions(delimiter=delim),
+                                   convert_options=pacsv.ConvertOptions(column_types=types))
+        elif low.endswith((".jsonl", ".json")):
+            ds = ray.data.read_json(uri, lines=low.endswith(".jsonl"))
         else:
-            uri = prefix + listing
-            low = listing.lower()
-            if low.endswith((".csv", ".tsv")):
-                delim = "\t" if low.endswith(".tsv") else ","
-                names = _csv_header(fs, listing, delim)
-                # every column as text, as Python's csv module reads it for the local engine
-                ds = ray.data.read_csv(uri, parse_options=pacsv.ParseOptions(delimiter=delim),
-                                       convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names,
-                                                                                                        "string")))
-            elif low.endswith((".jsonl", ".json")):
-                ds = ray.data.read_json(uri, lines=low.endswith(".jsonl"))
-                names = ds.schema().names
-            else:
-                ds = ray.data.read_parquet(uri)
-                names = ds.schema().names
-            icol, lcol = listing_columns(names, uri, image_column, label_column, labelled=classes is not None)
-            base = uri.rsplit("/", 1)[0] if "/" in uri else "."
-            ds = ds.map_batches(resolve_labels, batch_format="pyarrow", num_cpus=DECODE_CPUS,
-                                fn_kwargs={"image_column": icol, "label_column": lcol, "base": base,
-                                           "classes": classes, "where": os.path.basename(listing)})
-        if limit is not None:
-            ds = ds.limit(limit)
-        ds = _unwrapped(ds.materialize)
+            ds = ray.data.read_parquet(uri)
+        blocks = [b for b in _unwrapped(lambda: ray.get(ds.to_arrow_refs())) if b.num_rows]
     finally:
         ctx.execution_options.preserve_order = old_order
-    return ds
+    if not blocks:
+        raise AbsclipError(f"The listing {uri} has no rows.")
+    raw = pa.concat_tables(blocks, promote_options="permissive")
+    if limit is not None:
+        raw = raw.slice(0, limit)
+    icol, lcol = listing_columns(raw.column_names, uri, image_column, label_column, labelled=classes is not None)
+    return resolve_labels(raw, icol, lcol, uri.rsplit("/", 1)[0] if "/" in uri else ".", classes,
+                          os.path.basename(listing))
+
+
+def _path_label_table(paths: list[str], labels: list[int | None]) -> Any:
+    import pyarrow as pa
+
+    return pa.table({"path": pa.array(paths, pa.string()), "label": pa.array(labels, pa.int64())})
 
 
 def _find_absclip_error(e: BaseException) -> AbsclipError | None:
@@ -768,9 +781,9 @@ class RayRun:
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None) -> Iterator[Any]:
-    """Yield the ``ray`` module connected to a cluster: the one already connected, ``address``
-    (``auto``, ``ray://HOST:PORT``), ``$RAY_ADDRESS``, or a new local instance shut down on exit."""
+def ray_session(address: str | None = None) -> Iterator[tuple[Any, bool]]:
+    """Yield ``(ray, started)``: Ray connected to a cluster — the one already connected, ``address``
+    (``auto``, ``ray://HOST:PORT``), ``$RAY_ADDRESS``, or a new local instance (``started``, shut down on exit)."""
     ray = import_ray()
     started = False
     if not ray.is_initialized():
@@ -784,7 +797,7 @@ def ray_session(address: str | None = None) -> Iterator[Any]:
                                "start one with 'ray start --head' or leave out --address.") from e
         started = True
     try:
-        yield ray
+        yield ray, started
     finally:
         if started:
             ray.shutdown()
@@ -827,29 +840,26 @@ def run_pipeline(
     Raises:
         AbsclipError: bad input, an output folder from other settings, a missing Ray.
     """
-    options = options or RayOptions()
-    methods = list(dict.fromkeys(methods))
     import pyarrow as pa
 
-    with ray_session(options.address) as ray:
+    options = options or RayOptions()
+    methods = list(dict.fromkeys(methods))
+    with ray_session(options.address) as (ray, started):
         out = OutputDir(output)
         if overwrite:
             out.clear()
-        listing = read_listing(data, classes=recipe.classes if labelled else None, image_column=image_column,
-                               label_column=label_column, limit=limit)
-        table = listing.to_arrow_refs()
-        listed = _concat(ray.get(table))
-        paths = listed.column("path").to_pylist()
-        labels = listed.column("label").to_pylist()
-        if not paths:
-            raise AbsclipError(f"There are no images in {data}.")
-
         resources = ray.cluster_resources()
         gpus = float(options.gpus_per_actor or 0.0)
         cpus_text = float(options.cpus_per_actor or 1.0)
         task = ray.remote(prepare_text).options(num_cpus=min(cpus_text, resources.get("CPU", 1.0)), num_gpus=gpus,
                                                 num_returns=2, max_retries=options.retries)
-        meta_ref, methods_ref = task.remote(recipe, methods, top, max(1, math.ceil(cpus_text)))
+        meta_ref, methods_ref = task.remote(recipe, methods, top, max(1, math.ceil(cpus_text)))  # while we list
+        listed = read_listing(data, classes=recipe.classes if labelled else None, image_column=image_column,
+                              label_column=label_column, limit=limit)
+        paths = listed.column("path").to_pylist()
+        labels = listed.column("label").to_pylist()
+        if not paths:
+            raise AbsclipError(f"There are no images in {data}.")
         meta = _unwrapped(lambda: ray.get(meta_ref))
         if "random-init" in meta["spec"]["backbone"]:
             raise AbsclipError("The model has random weights, which differ in every Ray worker; save them once "
@@ -878,8 +888,8 @@ def run_pipeline(
         out.write_json("_run.json", {"run": run_id, "spec": meta["spec"]})
 
         attention = meta["attention"]
-        plan = make_plan(options, resources.get("CPU", 0.0), resources.get("GPU", 0.0),
-                         batch_size=meta["batch_size"], attention_separable=bool(attention and attention["separable"]))
+        plan = make_plan(options, resources.get("CPU", 0.0), resources.get("GPU", 0.0), batch_size=meta["batch_size"],
+                         attention_separable=bool(attention and attention["separable"]), fixed=started)
         if announce:
             announce(plan.describe())
         attempt = f"{time.time_ns():x}"
@@ -887,23 +897,11 @@ def run_pipeline(
         skip = set(done)  # already written, or listed twice: each image is predicted once
         todo = listed.take(pa.array([i for i, p in enumerate(paths) if not (p in skip or skip.add(p))], pa.int64()))
         if todo.num_rows:
-            # one block per batch, so that every actor gets work from the first batch on
-            bs = plan.decode_batch_size
-            source = ray.data.from_arrow([todo.slice(i, bs) for i in range(0, todo.num_rows, bs)])
-            seconds = _execute(ray, source, recipe, methods_ref, meta, methods, keep or top, attempt, plan, options,
+            seconds = _execute(ray, todo, recipe, methods_ref, meta, methods, keep or top, attempt, plan, options,
                                max_pixels, out)
         rows = out.read()
-        keep = rows.filter(_is_in(rows.column("path"), paths))
-        return RayRun(meta, plan, paths, labels, keep, attempt, seconds, output)
-
-
-def _concat(tables: list[Any]) -> Any:
-    """Return the ``(path: string, label: int64)`` tables concatenated."""
-    import pyarrow as pa
-
-    schema = pa.schema([("path", pa.string()), ("label", pa.int64())])
-    return pa.concat_tables([t.select(["path", "label"]).cast(schema) for t in tables if t.num_rows]) \
-        if any(t.num_rows for t in tables) else schema.empty_table()
+        listed_rows = rows.filter(_is_in(rows.column("path"), paths))
+        return RayRun(meta, plan, paths, labels, listed_rows, attempt, seconds, output)
 
 
 def _is_in(column: Any, values: list[str]) -> Any:
@@ -930,10 +928,27 @@ def _map_batches(ds: Any, fn: Any, retry_args: dict[str, Any], **kwargs: Any) ->
         return ds.map_batches(fn, **kwargs)
 
 
-def _execute(ray: Any, source: Any, recipe: ClassifierRecipe, methods_ref: Any,
+def _execute(ray: Any, todo: Any, recipe: ClassifierRecipe, methods_ref: Any,
              meta: dict[str, Any], methods: list[str], top: int, attempt: str, plan: Plan, options: RayOptions,
              max_pixels: int | None, out: OutputDir) -> float:
-    """Build and run the Ray Data pipeline; return its wall time in seconds."""
+    """Build and run the Ray Data pipeline over the ``(path, label)`` table ``todo``; return its wall time (s)."""
+    ctx = ray.data.DataContext.get_current()  # datasets take these settings when they are created
+    saved = (ctx.enable_progress_bars, ctx.actor_task_retry_on_errors, ctx.execution_options.preserve_order)
+    ctx.enable_progress_bars = options.progress
+    ctx.actor_task_retry_on_errors = True  # an error raised in one batch is retried (max_task_retries times)
+    ctx.execution_options.preserve_order = False
+    try:
+        return _run_stages(ray, todo, recipe, methods_ref, meta, methods, top, attempt, plan, options, max_pixels,
+                           out)
+    finally:
+        ctx.enable_progress_bars, ctx.actor_task_retry_on_errors, ctx.execution_options.preserve_order = saved
+
+
+def _run_stages(ray: Any, todo: Any, recipe: ClassifierRecipe, methods_ref: Any, meta: dict[str, Any],
+                methods: list[str], top: int, attempt: str, plan: Plan, options: RayOptions, max_pixels: int | None,
+                out: OutputDir) -> float:
+    bs = plan.decode_batch_size  # one block per batch, so that every actor gets work from the first batch on
+    source = ray.data.from_arrow([todo.slice(i, bs) for i in range(0, todo.num_rows, bs)])
     ds = _map_batches(source, decode_images, {"max_retries": options.retries, "retry_exceptions": [OSError]},
                       batch_format="pyarrow", batch_size=plan.decode_batch_size, fn_kwargs={"max_pixels": max_pixels},
                       num_cpus=DECODE_CPUS)
@@ -954,10 +969,6 @@ def _execute(ray: Any, source: Any, recipe: ClassifierRecipe, methods_ref: Any,
                                "top": top, "attempt": attempt, "threads": plan.threads_per_actor,
                                "fault": options.fault},
     )
-    dctx = ds.context
-    dctx.enable_progress_bars = options.progress
-    dctx.actor_task_retry_on_errors = True  # an error raised in one batch is retried (max_task_retries times)
-    dctx.execution_options.preserve_order = False
     t0 = time.perf_counter()
     _unwrapped(lambda: ds.write_parquet(out.uri if out.prefix else out.root, ray_remote_args={"num_cpus": WRITE_CPUS}))
     return time.perf_counter() - t0
