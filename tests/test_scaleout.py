@@ -84,6 +84,25 @@ def test_actor_stage_without_ray_uses_the_text_it_is_given(backbone):
         assert [r["pred"] for r in rows if r["method"] == m][:2] == expect
 
 
+def test_torn_shard_is_dropped_on_resume(tmp_path):
+    """A shard cut short by a crash is deleted (its images are predicted again), never trusted."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    from absclip.errors import AbsclipError
+    from absclip.labelling import prediction_rows
+    from absclip.scaleout import OutputDir, row_schema
+
+    pa = pytest.importorskip("pyarrow")
+    rows = prediction_rows("a.jpg", 1, "k", {"clip": [{"index": 1, "label": "b", "score": 0.9, "logit": 0.3}]},
+                           ["clip"], seed=0, run="r", attempt="x", top=5)
+    pq.write_table(pa.Table.from_pylist(rows, schema=row_schema()), tmp_path / "good.parquet")
+    (tmp_path / "torn.parquet").write_bytes(b"PAR1 cut short")
+    out = OutputDir(str(tmp_path))
+    with pytest.raises(AbsclipError, match="not a readable Parquet file"):
+        out.read()
+    assert out.read(drop_broken=True).column("path").to_pylist() == ["a.jpg"]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["good.parquet"]
+
+
 def test_label_local_resumes(tmp_path, capsys):
     from absclip.cli import main
 
