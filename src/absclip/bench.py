@@ -351,6 +351,7 @@ class _RunResult:
     feature_views: float
     draws: dict[str, tuple[ABSDraws, torch.Tensor]]
     peak_gpu_mb: float | None = None
+    cpu_seconds: float = 0.0
 
 
 def _merge_runs(parts: Sequence[_RunResult]) -> _RunResult:
@@ -366,7 +367,7 @@ def _merge_runs(parts: Sequence[_RunResult]) -> _RunResult:
     return _RunResult(parts[0].key, parts[0].method, parts[0].precision, torch.cat([p.logits for p in parts]),
                       sum(p.seconds for p in parts), stages, max(p.peak_rss_mb for p in parts),
                       sum(p.feature_views * len(p.logits) for p in parts) / max(1, n), draws,
-                      max(gpu) if gpu else None)
+                      max(gpu) if gpu else None, sum(p.cpu_seconds for p in parts))
 
 
 def _naive_run(
@@ -377,13 +378,13 @@ def _naive_run(
     timer = StageTimer()
     reset_peak_rss()
     _sync(bb.device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with timer("decode"):
         items = [make_item(p) for p in paths]
     logits, mism = naive_abs_logits(items, bb, attention, cfg, seed, bank, timer, draws)
     _sync(bb.device)
-    return {"seconds": time.perf_counter() - start, "stages": dict(timer.seconds), "logits": logits,
-            "peak_rss_mb": peak_rss_mb(), "topk_mismatches": mism}
+    return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
+            "stages": dict(timer.seconds), "logits": logits, "peak_rss_mb": peak_rss_mb(), "topk_mismatches": mism}
 
 
 def _sync(device: torch.device) -> None:
@@ -404,7 +405,7 @@ def _optimised_run(
     if bb.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(bb.device)
     _sync(bb.device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     batches = iter_image_batches(paths, s.batch_size, workers=s.workers)
     while True:
         with timer("decode"):
@@ -419,10 +420,10 @@ def _optimised_run(
         for it, v in zip(items, method.last_views):
             draws[it.key] = (v.draws, v.topk_idx)
     _sync(bb.device)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     gpu = torch.cuda.max_memory_allocated(bb.device) / 2**20 if bb.device.type == "cuda" else None
     return _RunResult(key, method_name, precision, torch.cat(logits), seconds, dict(timer.seconds), peak_rss_mb(),
-                      feat_views / max(1, len(paths)), draws, gpu)
+                      feat_views / max(1, len(paths)), draws, gpu, cpu)
 
 
 # -------------------------------------------------------------------------------------------
@@ -582,6 +583,7 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
                     for k, v in x["stages"].items():
                         stages[k] = stages.get(k, 0.0) + v
                 naive = {"seconds": secs, "stages": stages, "peak_rss_mb": max(x["peak_rss_mb"] for x in naive_parts),
+                         "cpu_seconds": sum(x["cpu_seconds"] for x in naive_parts),
                          "topk_mismatches": sum(x["topk_mismatches"] for x in naive_parts)}
                 naive_logits = torch.cat([x["logits"] for x in naive_parts])
 
@@ -603,6 +605,7 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "method": res.method, "precision": res.precision,
             "images_per_s": n / res.seconds, "seconds_per_image": res.seconds / n,
+            "cpu_seconds_per_image": res.cpu_seconds / n,
             "stages_s_per_image": _per_image(res.stages, n),
             "scoring_share": res.stages.get("scoring", 0.0) / res.seconds,
             "peak_rss_mb": res.peak_rss_mb,
@@ -619,6 +622,7 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
             entry.update({
                 "naive_images_per_s": n / naive["seconds"],
                 "speedup_vs_naive": naive["seconds"] / res.seconds,
+                "cpu_speedup_vs_naive": naive["cpu_seconds"] / res.cpu_seconds if res.cpu_seconds > 0 else None,
                 "max_abs_logit_diff": float(diff.max()),
                 "top1_agreement_vs_naive": float((res.logits.argmax(1) == naive_logits.argmax(1)).float().mean()),
             })
@@ -636,6 +640,9 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
         "images_dir": s.images,
         "images_per_s": primary["images_per_s"],
         "seconds_per_image": primary["seconds_per_image"],
+        "cpu_seconds_per_image": primary["cpu_seconds_per_image"],
+        "naive_cpu_seconds_per_image": naive["cpu_seconds"] / n if naive else None,
+        "cpu_speedup_vs_naive": primary.get("cpu_speedup_vs_naive"),
         "naive_images_per_s": primary.get("naive_images_per_s"),
         "speedup_vs_naive": primary.get("speedup_vs_naive"),
         "max_abs_logit_diff": primary.get("max_abs_logit_diff"),
@@ -670,18 +677,24 @@ def format_report(rep: dict[str, Any]) -> str:
     lines = [f"absclip bench: {rep['images']} images from {rep['images_dir']}, {rep['model']} ({rep['weights']}), "
              f"attention {rep['attention_model']}, {rep['device']} ({rep['device_name']})"]
     lines += [f"note: {x}" for x in rep["notes"]]
-    head = f"{'run':<16}{'img/s':>8}{'s/img':>9}{'vs naive':>10}{'max|dlogit|':>13}{'top1 agree':>12}" \
-           f"{'GFLOP/img':>11}{'peak RSS MB':>13}"
+    head = f"{'run':<16}{'img/s':>8}{'s/img':>9}{'vs naive':>10}{'cpu s/img':>11}{'vs naive':>10}" \
+           f"{'max|dlogit|':>13}{'top1 agree':>12}{'GFLOP/img':>11}{'peak RSS MB':>13}"
     lines += ["", head]
     if rep["naive_images_per_s"] is not None:
         lines.append(f"{'naive@fp32':<16}{rep['naive_images_per_s']:>8.3f}{1 / rep['naive_images_per_s']:>9.2f}"
-                     f"{'1.00x':>10}{'':>13}{'':>12}{rep['flops']['naive']['image_encoder_gflop']:>11.0f}")
+                     f"{'1.00x':>10}{rep['naive_cpu_seconds_per_image']:>11.2f}{'1.00x':>10}{'':>13}{'':>12}"
+                     f"{rep['flops']['naive']['image_encoder_gflop']:>11.0f}")
     for r in rep["runs"]:
         sp = f"{r['speedup_vs_naive']:.2f}x" if "speedup_vs_naive" in r else "-"
+        cs = f"{r['cpu_speedup_vs_naive']:.2f}x" if r.get("cpu_speedup_vs_naive") else "-"
         dl = f"{r['max_abs_logit_diff']:.2e}" if "max_abs_logit_diff" in r else "-"
         ag = f"{r['top1_agreement_vs_naive']:.2f}" if "top1_agreement_vs_naive" in r else "-"
         lines.append(f"{r['method'] + '@' + r['precision']:<16}{r['images_per_s']:>8.3f}{r['seconds_per_image']:>9.2f}"
-                     f"{sp:>10}{dl:>13}{ag:>12}{r['image_encoder_gflop_per_image']:>11.0f}{r['peak_rss_mb']:>13.0f}")
+                     f"{sp:>10}{r['cpu_seconds_per_image']:>11.2f}{cs:>10}{dl:>13}{ag:>12}"
+                     f"{r['image_encoder_gflop_per_image']:>11.0f}{r['peak_rss_mb']:>13.0f}")
+    if rep.get("load_average"):
+        lines.append(f"(load average at the end: {', '.join(f'{x:.1f}' for x in rep['load_average'])}; cpu s = "
+                     "process CPU time, less sensitive to other processes than wall-clock time)")
     lines += ["", "stage breakdown (s per image):", f"{'stage':<24}{'naive':>9}" +
               "".join(f"{r['method'] + '@' + r['precision']:>16}" for r in rep["runs"])]
     for st in STAGES:
