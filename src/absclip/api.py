@@ -23,7 +23,7 @@ from .data import ImageItem, make_item
 from .errors import AbsclipError
 from .methods import Method, TextInputs, create_method, get_method_class
 from .models import AttentionSource, ClipBackbone, load_attention, load_clip
-from .pipeline import BatchContext
+from .pipeline import BatchContext, default_view_batch
 from .text import ClassList, TextEncoder, load_classes, read_text_source
 
 ImageLike = str | os.PathLike | Image.Image | ImageItem
@@ -77,7 +77,7 @@ class Classifier:
         self.wca_config = wca_config or WCAConfig()
         self.seed = int(seed)
         if view_batch is None:
-            view_batch = 256 if backbone.device.type == "cuda" else 32
+            view_batch = default_view_batch(backbone.device)
         if batch_size < 1 or view_batch < 1:
             raise AbsclipError("--batch-size must be at least 1.")
         self.batch_size = batch_size

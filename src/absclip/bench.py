@@ -60,7 +60,7 @@ from .models import (
     resolve_device,
     resolve_precision,
 )
-from .pipeline import BatchContext, abs_geometry, feature_crop_tokens
+from .pipeline import BatchContext, abs_geometry, default_view_batch, feature_crop_tokens
 from .sampling import ABSDraws, image_rng
 from .text import EncodedBank, TextEncoder
 from .timing import StageTimer, peak_rss_mb, reset_peak_rss
@@ -87,7 +87,8 @@ class BenchSettings:
         precisions: compute precisions of the optimised runs (``auto``, ``fp32``, ``bf16``, ``fp16``);
             the naive pipeline is always fp32.
         device: ``cpu``, ``cuda`` or ``auto``.
-        batch_size: images per batch of the optimised pipeline; view_batch: views per encoder call.
+        batch_size: images per batch of the optimised pipeline; view_batch: views per encoder call
+            (None: :func:`absclip.pipeline.default_view_batch`).
         workers: decode worker processes (None: one per spare core, at most 4).
         crop_workers: threads making pixel crops (None: one per CPU core, at most 4).
         classes / descriptions_per_class: size of the synthetic description bank (random unit
@@ -111,7 +112,7 @@ class BenchSettings:
     precisions: tuple[str, ...] = ("auto",)
     device: str = "auto"
     batch_size: int = 4
-    view_batch: int = 16
+    view_batch: int | None = None
     workers: int | None = None
     crop_workers: int | None = None
     seed: int = 0
@@ -503,6 +504,8 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
         torch.set_num_threads(s.threads)
     if s.crop_workers is None:
         s = dataclasses.replace(s, crop_workers=min(4, os.cpu_count() or 1))
+    if s.view_batch is None:
+        s = dataclasses.replace(s, view_batch=default_view_batch(device))
     dtypes = [resolve_precision(p, device) for p in s.precisions]
     notes: list[str] = []
 

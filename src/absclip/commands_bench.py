@@ -88,7 +88,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="abs (faithful) and/or abs-fast (fast mode, changes results), comma-separated "
                         "(default: %(default)s)")
     r.add_argument("--batch-size", type=int, default=4, help="images per batch (default: %(default)s)")
-    r.add_argument("--view-batch", type=int, default=16, help="views per image-encoder call (default: %(default)s)")
+    r.add_argument("--view-batch", type=int, default=None,
+                   help="views per image-encoder call (default: 8 on CPU, 256 on CUDA, as absclip eval)")
     r.add_argument("--workers", type=int, default=None,
                    help="decode worker processes (default: one per spare CPU core, at most 4)")
     r.add_argument("--crop-workers", type=int, default=None,

@@ -25,6 +25,16 @@ from .sampling import ABSDraws, draw_abs, image_rng
 from .timing import NULL_TIMER, StageTimer
 
 
+def default_view_batch(device: torch.device) -> int:
+    """Return the default number of views per image-encoder call on ``device``.
+
+    CUDA: 256 (a GPU needs large batches). CPU: 8 — a ViT-B/16 tower ran at the same images/s
+    for 4 to 32 views per call on the project CPU (docs/benchmarks.md), and smaller batches keep
+    ABS's peak memory lower.
+    """
+    return 256 if torch.device(device).type == "cuda" else 8
+
+
 @dataclass
 class ABSViews:
     """Everything ABS computed for one image (kept for explanations and tests).

@@ -9,14 +9,11 @@ unnormalised embeddings; the golden parity tests run through this path):
 * **Scaled-dot-product attention.** Each block computes ``q, k, v`` with one ``in_proj`` product
   and calls ``F.scaled_dot_product_attention`` (a fused, flash-style CPU/GPU kernel) instead of
   ``nn.MultiheadAttention``'s inference fast path (explicit ``bmm`` + softmax + copies).
-* **Prepacked oneDNN matrix products on CPU.** Every linear layer of the blocks runs through
-  oneDNN's inner product with its weight reordered once into oneDNN's blocked layout
-  (``torch.ops.mkldnn._linear_pointwise``, what ``torch.compile`` emits for CPU linears), the MLP's
-  exact GELU fused in. The default ``F.linear`` path calls MKL's sgemm, which does not use this
-  AMD CPU's AVX-512 as well: the prepacked product ran a ViT-B/16 tower ~25–35% faster in fp32 on
-  the project CPU (see ``docs/benchmarks.md``). Same maths, ~1e-6 rounding differences. The
-  packed weights are a second copy of the tower's block weights (~340 MB for ViT-B/16 fp32),
-  made lazily and refreshed if a weight changes; ``ABSCLIP_ONEDNN=0`` turns the path off.
+* **oneDNN matrix products on CPU.** Every linear layer of the blocks runs through oneDNN's
+  inner product (``torch.ops.mkldnn._linear_pointwise``, the op ``torch.compile`` emits for CPU
+  linears) with the MLP's exact GELU fused in, instead of ``F.linear`` (MKL sgemm) + GELU. On the
+  project's AMD CPU this ran the ViT-B/16 tower ~15–25% faster in fp32 (see
+  ``docs/benchmarks.md``); same maths, ~1e-6 rounding differences. ``ABSCLIP_ONEDNN=0`` turns it off.
 * **CLS-only last block.** A CLS-pooled tower only reads the CLS token after the last block, and
   every other token only influences it through the last block's keys and values. The last block
   therefore computes keys/values for all tokens but the query, attention output, MLP and
@@ -83,43 +80,29 @@ def _onednn_usable() -> bool:
         return False
 
 
-class PackedLinears:
-    """Linear layers run with weights prepacked for oneDNN (CPU, fp32/bf16), else ``F.linear``.
+class OneDNNLinear:
+    """Linear layers through oneDNN's inner product on CPU (fp32/bf16), else ``F.linear``.
 
-    Packs are made on first use and keyed by a name; a pack is remade when its weight's storage,
-    dtype or version changes (``model.to(dtype)``, ``load_state_dict``), so it never goes stale.
-    If oneDNN refuses a shape or dtype once, this object falls back to ``F.linear`` for good.
+    The weight is passed in its own (dense) layout, so nothing is copied or cached: prepacking it
+    into oneDNN's blocked layout was only ~5% faster and costs a second copy of the tower's
+    weights (~340 MB for ViT-B/16 fp32). If oneDNN refuses a shape or dtype once, this object
+    falls back to ``F.linear`` for good.
     """
 
     def __init__(self, enabled: bool | None = None) -> None:
         self.enabled = _onednn_usable() if enabled is None else enabled
-        self._packs: dict[str, tuple[tuple[int, torch.dtype, int], torch.Tensor]] = {}
 
-    def _pack(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        try:
-            version = weight._version
-        except RuntimeError:  # an inference tensor has no version counter (and cannot be changed in place)
-            version = -1
-        stamp = (weight.data_ptr(), weight.dtype, version)
-        hit = self._packs.get(name)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
-        self._packs[name] = (stamp, packed)
-        return packed
-
-    def __call__(self, name: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  gelu: bool = False) -> torch.Tensor:
         """Return ``F.linear(x, weight, bias)`` (then exact GELU when ``gelu``)."""
         if self.enabled and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) \
                 and weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype):
             try:
-                return torch.ops.mkldnn._linear_pointwise(x, self._pack(name, weight), bias,
-                                                          "gelu" if gelu else "none", [], "none" if gelu else "")
+                return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [],
+                                                          "none" if gelu else "")
             except RuntimeError as e:  # an unsupported case: use torch's own path from now on
                 log.debug("oneDNN linear off (%s); using F.linear", e)
                 self.enabled = False
-                self._packs.clear()
         y = F.linear(x, weight, bias)
         return F.gelu(y) if gelu else y
 
@@ -143,17 +126,15 @@ class FusedViT:
         conv = visual.conv1
         self.patch = int(conv.kernel_size[0]), int(conv.kernel_size[1])
         self.width = int(conv.out_channels)
-        self.linear = PackedLinears(onednn)
-        self._index = {id(b): i for i, b in enumerate(self.blocks)}
-        self._plain_mlp = [_plain_mlp(b.mlp) for b in self.blocks]
+        self.linear = OneDNNLinear(onednn)
+        self._plain_mlp = {id(b): _plain_mlp(b.mlp) for b in self.blocks}
 
     def _mlp(self, blk: nn.Module, h: torch.Tensor) -> torch.Tensor:
-        i = self._index[id(blk)]
-        if not self._plain_mlp[i]:
+        if not self._plain_mlp[id(blk)]:
             return blk.mlp(h)
         fc, proj = blk.mlp.c_fc, blk.mlp.c_proj
-        h = self.linear(f"{i}.fc", h, fc.weight, fc.bias, gelu=True)
-        return self.linear(f"{i}.proj", h, proj.weight, proj.bias)
+        h = self.linear(h, fc.weight, fc.bias, gelu=True)
+        return self.linear(h, proj.weight, proj.bias)
 
     # -- embedding -----------------------------------------------------------------------------
     def embed(self, pixels: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
@@ -184,12 +165,11 @@ class FusedViT:
         attn = blk.attn
         b, t, width = x.shape
         heads = attn.num_heads
-        i = self._index[id(blk)]
-        qkv = self.linear(f"{i}.qkv", blk.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+        qkv = self.linear(blk.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
         qkv = qkv.view(b, t, 3, heads, width // heads).permute(2, 0, 3, 1, 4)  # [3, B, heads, T, dh]
         o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # [B, heads, T, dh]
         del qkv  # intermediates are released as soon as possible: peak memory is per view batch
-        o = self.linear(f"{i}.out", o.transpose(1, 2).reshape(b, t, width), attn.out_proj.weight, attn.out_proj.bias)
+        o = self.linear(o.transpose(1, 2).reshape(b, t, width), attn.out_proj.weight, attn.out_proj.bias)
         x = x + blk.ls_1(o)
         del o
         return x + blk.ls_2(self._mlp(blk, blk.ln_2(x)))
@@ -204,14 +184,13 @@ class FusedViT:
         b, t, width = x.shape
         heads = attn.num_heads
         w, bias = attn.in_proj_weight, attn.in_proj_bias
-        i = self._index[id(blk)]
         h = blk.ln_1(x)
-        q = self.linear(f"{i}.q", h[:, :1], w[:width], bias[:width] if bias is not None else None)
-        kv = self.linear(f"{i}.kv", h, w[width:], bias[width:] if bias is not None else None)
+        q = self.linear(h[:, :1], w[:width], bias[:width] if bias is not None else None)
+        kv = self.linear(h, w[width:], bias[width:] if bias is not None else None)
         q = q.view(b, 1, heads, width // heads).transpose(1, 2)  # [B, heads, 1, dh]
         kv = kv.view(b, t, 2, heads, width // heads).permute(2, 0, 3, 1, 4)  # [2, B, heads, T, dh]
         o = F.scaled_dot_product_attention(q, kv[0], kv[1]).transpose(1, 2).reshape(b, 1, width)
-        x = x[:, :1] + blk.ls_1(self.linear(f"{i}.out", o, attn.out_proj.weight, attn.out_proj.bias))
+        x = x[:, :1] + blk.ls_1(self.linear(o, attn.out_proj.weight, attn.out_proj.bias))
         return x + blk.ls_2(self._mlp(blk, blk.ln_2(x)))
 
     def run_blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
