@@ -18,9 +18,9 @@ from absclip.data import make_item
 from absclip.loader import iter_image_batches
 from absclip.methods import ABSMethod, create_method
 from absclip.models import BackboneFacts
-from absclip.pipeline import BatchContext, encode_feature_crops, feature_crop_tokens
+from absclip.pipeline import BatchContext, default_view_batch, encode_feature_crops, feature_crop_tokens
 from absclip.timing import StageTimer, peak_rss_mb
-from absclip.vit_fast import vit_flops
+from absclip.vit_fast import OneDNNLinear, _onednn_usable, vit_flops
 
 from .conftest import CLIP_CFG, CLIP_WEIGHTS, DATA, DINO, GOLDEN_IMAGES
 
@@ -75,6 +75,47 @@ def test_fused_vit_matches_open_clip_modules(backbone, golden_items):
     assert (fused[0] - plain[0]).abs().max() <= 1e-5
     assert (fused[1] - plain[1]).abs().max() <= 1e-4
     assert (fused_tail - plain_tail).abs().max() <= 1e-5
+
+
+def test_onednn_linear_is_f_linear(monkeypatch):
+    """The oneDNN inner product gives F.linear's numbers (fp32: rounding only), with and without bias/GELU."""
+    assert _onednn_usable(), "this torch build has no oneDNN linear: the CPU fast path is not exercised"
+    monkeypatch.setenv("ABSCLIP_ONEDNN", "0")
+    assert not _onednn_usable() and not OneDNNLinear().enabled
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 9, 48, generator=g)[:, ::2]  # 3-D and not contiguous, as the CLS rows are
+    w, b = torch.randn(40, 48, generator=g), torch.randn(40, generator=g)
+    lin = OneDNNLinear(True)
+    for bias in (b, None):
+        for gelu in (False, True):
+            want = torch.nn.functional.linear(x, w, bias)
+            want = torch.nn.functional.gelu(want) if gelu else want
+            got = lin(x, w, bias, gelu=gelu)
+            assert got.shape == want.shape and (got - want).abs().max() <= 1e-5 * want.abs().max()
+    assert lin.enabled
+    xb, wb = x.bfloat16(), w.bfloat16()
+    got = lin(xb, wb, None)
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - torch.nn.functional.linear(xb, wb).float()).abs().max() <= 2e-2 * got.float().abs().max()
+    assert (lin(x.double(), w.double(), None) - torch.nn.functional.linear(x.double(), w.double())).abs().max() == 0
+
+
+def test_fused_vit_with_and_without_onednn(backbone, golden_items):
+    px = torch.stack([backbone.preprocess(it.image) for it in golden_items])
+    fused = backbone.fused
+    assert fused.linear.enabled
+    with_onednn = backbone.encode_images(px)
+    fused.linear.enabled = False
+    try:
+        without = backbone.encode_images(px)
+    finally:
+        fused.linear.enabled = True
+    assert (with_onednn - without).abs().max() <= 1e-5
+
+
+def test_default_view_batch():
+    assert default_view_batch(torch.device("cuda")) == 256
+    assert 4 <= default_view_batch(torch.device("cpu")) <= 32
 
 
 def test_one_attention_pass_per_image_and_batched_encoder_calls(backbone, dino, bank):

@@ -89,7 +89,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                         "(default: %(default)s)")
     r.add_argument("--batch-size", type=int, default=4, help="images per batch (default: %(default)s)")
     r.add_argument("--view-batch", type=int, default=None,
-                   help="views per image-encoder call (default: 8 on CPU, 256 on CUDA, as absclip eval)")
+                   help="views per image-encoder call (default: as absclip eval: 256 on CUDA; on CPU two per torch "
+                        "thread, 4 to 32)")
     r.add_argument("--workers", type=int, default=None,
                    help="decode worker processes (default: one per spare CPU core, at most 4)")
     r.add_argument("--crop-workers", type=int, default=None,

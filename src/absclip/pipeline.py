@@ -28,11 +28,13 @@ from .timing import NULL_TIMER, StageTimer
 def default_view_batch(device: torch.device) -> int:
     """Return the default number of views per image-encoder call on ``device``.
 
-    CUDA: 256 (a GPU needs large batches). CPU: 8 — a ViT-B/16 tower ran at the same images/s
-    for 4 to 32 views per call on the project CPU (docs/benchmarks.md), and smaller batches keep
-    ABS's peak memory lower.
+    CUDA: 256 (a GPU needs large batches). CPU: two views per torch thread, 4 to 32. A ViT-B/16
+    tower ran at the same images/s for 4 to 32 views per call on the project's 2-core CPU
+    (docs/benchmarks.md), and small batches keep ABS's peak memory low (~90 MB less at 4 than 8).
     """
-    return 256 if torch.device(device).type == "cuda" else 8
+    if torch.device(device).type == "cuda":
+        return 256
+    return max(4, min(32, 2 * torch.get_num_threads()))
 
 
 @dataclass
