@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from absclip import ABSConfig, views
-from absclip.bench import abs_image_flops, naive_abs_logits, synthetic_bank
+from absclip.bench import abs_image_flops, cast_backbone, naive_abs_logits, synthetic_bank
 from absclip.cli import main
 from absclip.config import fast_abs_config
 from absclip.data import make_item
@@ -116,6 +116,18 @@ def test_fused_vit_with_and_without_onednn(backbone, golden_items):
 def test_default_view_batch():
     assert default_view_batch(torch.device("cuda")) == 256
     assert 4 <= default_view_batch(torch.device("cpu")) <= 32
+
+
+def test_bf16_stays_within_its_documented_tolerance(backbone, dino, bank, reference):
+    """bf16 weights (docs/benchmarks.md): same crops, logits within 2% of the logit range, no NaN; fp32 untouched."""
+    bf16 = cast_backbone(backbone, torch.bfloat16)
+    assert bf16.dtype == torch.bfloat16 and backbone.dtype == torch.float32
+    assert bf16.fused is not None and bf16.fused is not backbone.fused
+    logits, _ = optimised_logits(bf16, dino, bank, SMALL, batch_size=2, workers=0)
+    diff = (logits.float() - reference).abs().max()
+    assert torch.isfinite(logits).all() and 0 < diff <= 0.02 * reference.abs().max()
+    again, _ = optimised_logits(backbone, dino, bank, SMALL, batch_size=2, workers=0)
+    assert (again - reference).abs().max() <= TOL
 
 
 def test_one_attention_pass_per_image_and_batched_encoder_calls(backbone, dino, bank):
