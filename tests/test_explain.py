@@ -33,7 +33,8 @@ SMALL = ABSConfig(pixel_crops=6, feature_crops=6)
 
 @pytest.fixture(scope="module")
 def clf(backbone, dino):
-    c = Classifier(backbone, attention_model=dino, abs_config=SMALL, use_cache=False)
+    # view_batch: all of SMALL's crops fit one encoder call, so the call counts below are exact
+    c = Classifier(backbone, attention_model=dino, abs_config=SMALL, use_cache=False, view_batch=64)
     return c.set_classes(CLASSES, descriptions=GOLDEN / "descriptions.json")
 
 

@@ -48,23 +48,37 @@ def soft_match_view_scores(
     """
     b, v, d = views.shape
     c, m, _ = text.shape
-    flat_text = text.reshape(c * m, d).to(views.dtype)
-    valid = mask.reshape(c * m).to(views.device)
+    flat_text, invalid = _flat_bank(text, mask, views)
     out = views.new_empty(b, v, c)
     flat_views = views.reshape(b * v, d)
     rows = out.view(b * v, c)
-    invalid = None if bool(valid.all()) else ~valid
     for i in range(0, b * v, chunk):
-        # in place: two [n, C*M] buffers per chunk (1000 x 50 descriptions: 12.8 MB each for 64 views)
-        s = torch.mm(flat_views[i : i + chunk], flat_text.T).div_(temperature)  # [n, C*M]
-        if invalid is not None:
-            s.masked_fill_(invalid, float("-inf"))
-        p = torch.softmax(s, dim=-1)
+        s, p = _soft_match_chunk(flat_views[i : i + chunk], flat_text, invalid, temperature)
         if invalid is not None:
             s.masked_fill_(invalid, 0.0)  # p is 0 there; 0 * -inf would be nan
         rows[i : i + chunk] = p.mul_(s).view(-1, c, m).sum(-1)
         del s, p
     return out
+
+
+def _flat_bank(text: torch.Tensor, mask: torch.Tensor, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Return the bank as ``[C*M, D]`` in the views' dtype and its invalid-row mask (None when all are valid)."""
+    c, m, d = text.shape
+    valid = mask.reshape(c * m).to(views.device)
+    return text.reshape(c * m, d).to(views.dtype), (None if bool(valid.all()) else ~valid)
+
+
+def _soft_match_chunk(
+    views: torch.Tensor, flat_text: torch.Tensor, invalid: torch.Tensor | None, temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``s = <f_v, t> / tau`` (``-inf`` on padding) and its softmax ``p``, both ``[n, C*M]``.
+
+    Computed in place: two ``[n, C*M]`` buffers (1000 x 50 descriptions: 12.8 MB each for 64 views).
+    """
+    s = torch.mm(views, flat_text.T).div_(temperature)
+    if invalid is not None:
+        s.masked_fill_(invalid, float("-inf"))
+    return s, torch.softmax(s, dim=-1)
 
 
 def soft_match_description_mass(
@@ -87,16 +101,14 @@ def soft_match_description_mass(
         temperature: tau.
         chunk: number of views processed at once.
     """
-    b, v, d = views.shape
+    b, v, _ = views.shape
     c, m, _ = text.shape
-    flat_text = text.reshape(c * m, d).to(views.dtype)
-    valid = mask.reshape(c * m).to(views.device)
+    flat_text, invalid = _flat_bank(text, mask, views)
     out = views.new_zeros(b, c * m)
     for i in range(b):
         for j in range(0, v, chunk):
-            s = views[i, j : j + chunk] @ flat_text.T / temperature  # [n, C*M]
-            p = torch.softmax(s.masked_fill(~valid, float("-inf")), dim=-1)
-            out[i] += torch.where(valid, p, torch.zeros((), dtype=p.dtype)).sum(0)
+            _, p = _soft_match_chunk(views[i, j : j + chunk], flat_text, invalid, temperature)
+            out[i] += p.sum(0)  # padding rows have p = exp(-inf) = 0
     return out.view(b, c, m)
 
 
