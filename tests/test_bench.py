@@ -11,13 +11,15 @@ import pytest
 import torch
 
 from absclip import ABSConfig, views
-from absclip.bench import abs_image_flops, cast_backbone, naive_abs_logits, synthetic_bank
+from absclip.bench import STAGES, cast_backbone, synthetic_bank
 from absclip.cli import main
 from absclip.config import fast_abs_config
 from absclip.data import make_item
+from absclip.flops import abs_image_flops
 from absclip.loader import iter_image_batches
 from absclip.methods import ABSMethod, create_method
 from absclip.models import BackboneFacts
+from absclip.naive import naive_abs_logits
 from absclip.pipeline import BatchContext, default_view_batch, encode_feature_crops, feature_crop_tokens
 from absclip.timing import StageTimer, peak_rss_mb
 from absclip.vit_fast import OneDNNLinear, _onednn_usable, vit_flops
@@ -231,7 +233,11 @@ def test_bench_cli_json_smoke(tmp_path, capsys):
                  "--descriptions-per-class", "3", "--text-sample", "4", "--method", "abs,abs-fast",
                  "--batch-size", "2", "--json"])
     assert code == 0
-    rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = capsys.readouterr().out.strip().splitlines()
+    rep = json.loads(out[-1])
+    text = "\n".join(out[:-1])  # the human-readable report printed before the JSON line
+    for needle in ("naive@fp32", "abs@fp32", "abs-fast@fp32", "stage breakdown", *STAGES):
+        assert needle in text, needle
     for key in ("method", "model", "device", "images", "images_per_s", "naive_images_per_s", "speedup_vs_naive",
                 "max_abs_logit_diff", "peak_rss_mb", "stages_s_per_image", "flops", "runs"):
         assert key in rep, key

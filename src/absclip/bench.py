@@ -3,22 +3,10 @@
 Both pipelines run in one process on the same images with the same crop draws, so the ratio
 of their times and the difference of their logits are meaningful even on a noisy machine.
 
-The **naive pipeline** (:func:`naive_abs_logits`) mirrors the published reference
-(BIT-DA/ABS ``main.py`` / ``helper.py`` / ``clip/model.py``), fp32, one image at a time:
-
-* the attention model runs twice per image (the reference runs DINO in its loader worker and
-  again in the main process, with identical results);
-* every pixel crop is ``PIL.Image.crop`` + the CLIP preprocessing, one crop at a time;
-* one image-encoder call for the view group "full image + pixel crops", through open_clip's
-  own modules (``nn.MultiheadAttention``, convolutional patch embedding, all tokens in every
-  block), then the full image again up to the feature-crop block;
-* feature crops: a Python loop over views (crop window, bicubic resize, prepend CLS), then one
-  call for the group through the remaining block(s);
-* scoring: the reference's formula (``log_softmax().exp() * s`` summed) per image over all its
-  views at once (the reference batches this over images too, so it is not made slower here).
-
-The **optimised pipeline** is the library's own path (:func:`absclip.pipeline.abs_views` and
-:class:`absclip.methods.ABSMethod`), with decoding in DataLoader workers.
+The **naive pipeline** is :func:`absclip.naive.naive_abs_logits` (what it mirrors of the
+reference is listed there). The **optimised pipeline** is the library's own path
+(:func:`absclip.pipeline.abs_views` and :class:`absclip.methods.ABSMethod`), with decoding in
+DataLoader workers. FLOP estimates come from :mod:`absclip.flops`.
 
 Without ``pretrained`` weights the CLIP model is built from its config with random weights, and
 without an attention model a DINO ViT-B/16 is built from its config with random weights (speed
@@ -46,8 +34,9 @@ import torch.nn.functional as F
 
 from . import __version__
 from .config import ABSConfig, fast_abs_config
-from .data import ImageItem, list_images, make_item
+from .data import list_images, make_item
 from .errors import AbsclipError
+from .flops import abs_image_flops, attention_pass_flops, naive_image_flops
 from .loader import default_workers, iter_image_batches
 from .methods import ABSMethod, get_method_class
 from .models import (
@@ -60,11 +49,12 @@ from .models import (
     resolve_device,
     resolve_precision,
 )
-from .pipeline import BatchContext, abs_geometry, default_view_batch, feature_crop_tokens
-from .sampling import ABSDraws, image_rng
+from .naive import naive_abs_logits
+from .pipeline import BatchContext, default_view_batch
+from .sampling import ABSDraws
 from .text import EncodedBank, TextEncoder
 from .timing import StageTimer, peak_rss_mb, reset_peak_rss
-from .vit_fast import fused_vit, vit_flops
+from .vit_fast import fused_vit
 
 log = logging.getLogger(__name__)
 
@@ -177,162 +167,6 @@ def cast_backbone(bb: ClipBackbone, dtype: torch.dtype, *, inplace: bool = False
     if getattr(bb, "fused", None) is not None:
         new.fused = fused_vit(new.model.visual)
     return new
-
-
-def _mlp_width(module: Any, width: int) -> int:
-    fc = getattr(getattr(module, "mlp", None), "c_fc", None)
-    return int(fc.out_features) if fc is not None else 4 * width
-
-
-def clip_tower_flops(bb: ClipBackbone) -> dict[str, float]:
-    """Return FLOP building blocks of the CLIP image tower (see :func:`absclip.vit_fast.vit_flops`).
-
-    Keys: ``full`` (one plain forward), ``full_cls`` (last block CLS-only), ``embed``, ``block``
-    (one full block on all tokens), ``block_cls``, ``proj``; plus ``tokens``, ``width``, ``mlp``.
-    """
-    f = bb.facts
-    t = 1 + f.grid[0] * f.grid[1]
-    blocks = getattr(getattr(bb.model.visual, "transformer", None), "resblocks", None)
-    mlp = _mlp_width(blocks[0], f.width) if blocks is not None and len(blocks) else 4 * f.width
-    pd = 3 * f.patch_size[0] * f.patch_size[1]
-    npatch = f.grid[0] * f.grid[1]
-    out = {
-        "tokens": t, "width": f.width, "mlp": mlp, "blocks": f.num_blocks, "patch_dim": pd, "patches": npatch,
-        "embed": vit_flops(t, f.width, 0, mlp, patch_dim=pd, patches=npatch),
-        "block": vit_flops(t, f.width, 1, mlp),
-        "block_cls": vit_flops(t, f.width, 1, mlp, cls_last=True),
-        "proj": vit_flops(t, f.width, 0, mlp, out_dim=f.embed_dim),
-    }
-    out["full"] = out["embed"] + f.num_blocks * out["block"] + out["proj"]
-    out["full_cls"] = out["full"] - out["block"] + out["block_cls"]
-    return out
-
-
-def attention_pass_flops(src: AttentionSource, bb: ClipBackbone) -> float:
-    """Return the FLOPs of one attention-model pass on one image (0 when it reuses CLIP's tokens)."""
-    if isinstance(src, HFAttention):
-        c = src.model.config
-        t = 1 + src.grid[0] * src.grid[1]
-        return vit_flops(t, int(c.hidden_size), int(c.num_hidden_layers), int(c.intermediate_size),
-                         patch_dim=3 * int(c.patch_size) ** 2, patches=t - 1)
-    if isinstance(src, ClipSelfAttention):
-        cf = clip_tower_flops(bb)
-        return cf["embed"] + bb.block_index(src.layer) * cf["block"]
-    return 0.0
-
-
-def abs_image_flops(bb: ClipBackbone, cfg: ABSConfig, feature_views: float, *, fused: bool) -> float:
-    """Return the CLIP image-tower FLOPs per image of the optimised ABS pipeline.
-
-    Args:
-        cfg: ABS settings (pixel crops, token keep).
-        feature_views: feature crops actually encoded per image (distinct windows).
-        fused: whether the fused path (CLS-only last block) runs.
-    """
-    cf = clip_tower_flops(bb)
-    idx = bb.block_index(cfg.feature_layer) if cfg.feature_crops > 0 else cf["blocks"] - 1
-    tail_blocks = cf["blocks"] - idx
-    last = cf["block_cls"] if fused else cf["block"]
-    g = cf["patches"]
-    k = max(1, round(cfg.token_keep * g)) if cfg.token_keep < 1 else g
-    crop_tail = vit_flops(1 + k, cf["width"], cf["blocks"], cf["mlp"], cls_last=fused, out_dim=bb.facts.embed_dim)
-    pixel = cfg.pixel_crops * (cf["embed"] + crop_tail)
-    if cfg.feature_crops == 0:  # the full image is one plain forward
-        return pixel + (cf["full_cls"] if fused else cf["full"])
-    full = cf["embed"] + idx * cf["block"] + (tail_blocks - 1) * cf["block"] + last + cf["proj"]
-    feat = feature_views * ((tail_blocks - 1) * cf["block"] + last + cf["proj"])
-    return pixel + full + feat
-
-
-def naive_image_flops(bb: ClipBackbone, cfg: ABSConfig) -> float:
-    """Return the CLIP image-tower FLOPs per image of the naive pipeline (all tokens in every block)."""
-    cf = clip_tower_flops(bb)
-    if cfg.feature_crops == 0:
-        return (cfg.pixel_crops + 1) * cf["full"]
-    idx = bb.block_index(cfg.feature_layer)
-    tail = (cf["blocks"] - idx) * cf["block"] + cf["proj"]
-    return (cfg.pixel_crops + 1) * cf["full"] + cf["embed"] + idx * cf["block"] + cfg.feature_crops * tail
-
-
-# -------------------------------------------------------------------------------------------
-# the naive pipeline
-# -------------------------------------------------------------------------------------------
-
-
-def naive_abs_logits(
-    items: Sequence[ImageItem],
-    backbone: ClipBackbone,
-    attention: AttentionSource,
-    cfg: ABSConfig,
-    seed: int,
-    bank: EncodedBank,
-    timer: StageTimer,
-    draws: dict[str, tuple[ABSDraws, torch.Tensor]] | None = None,
-) -> tuple[torch.Tensor, int]:
-    """Return reference-style ABS logits ``[N, C]`` and the number of top-k mismatches (see the module docstring).
-
-    Args:
-        items: decoded images.
-        backbone: the CLIP model (fp32); it runs through open_clip's own modules here.
-        attention: the attention source, run twice per image as the reference does.
-        cfg: faithful ABS settings.
-        seed: run seed (each image draws from ``image_rng(seed, key, "abs")`` unless injected).
-        bank: description embeddings ``[C, M, D]`` and mask.
-        timer: stage timer.
-        draws: optional ``{image key: (draws, topk_idx)}`` from the optimised run; injected so
-            both pipelines use identical crops. A differing top-k list is counted as a mismatch.
-    """
-    bb = backbone
-    dim = bb.facts.embed_dim
-    c, m, _ = bank.emb.shape
-    flat = bank.emb.reshape(c * m, dim).to(bb.device)
-    valid = bank.mask.reshape(c * m).to(bb.device)
-    grid = bb.facts.grid
-    out, mismatches = [], 0
-    saved = bb.use_fused, getattr(attention, "fast", None)
-    bb.use_fused = False  # open_clip's own modules
-    if saved[1] is not None:
-        attention.fast = False  # the whole attention model with eager attention maps, as the reference
-    try:
-        with torch.inference_mode():
-            for item in items:
-                w, h = item.size
-                with timer("attention"):
-                    att = attention([item.image])[0]  # in the reference's loader worker
-                with timer("crop geometry + resize"):
-                    injected, ref_idx = (draws or {}).get(item.key, (None, None))
-                    idx, _, _, boxes, _, windows = abs_geometry(
-                        att, injected, cfg, w, h, attention.grid, grid, bb.facts.image_size[0],
-                        image_rng(seed, item.key, "abs"))
-                    if ref_idx is not None and not torch.equal(idx, ref_idx):
-                        mismatches += 1
-                    pixels = [bb.preprocess(item.image)]
-                    for box in boxes:  # one PIL crop + preprocess at a time
-                        pixels.append(bb.preprocess(item.image.crop(box)))
-                with timer("attention"):
-                    attention([item.image])  # the reference runs DINO again in the main process
-                with timer("image encoding"):
-                    px = torch.stack(pixels)
-                    emb = bb.encode_images(px)  # full image + pixel crops: one call for the view group
-                    tokens = bb.tokens_before(px[:1], cfg.feature_layer)[0] if cfg.feature_crops else None
-                with timer("feature crops"):
-                    if tokens is not None:
-                        seqs = [feature_crop_tokens(tokens, [win], grid)[0] for win in windows]  # per-view loop
-                        feat = bb.forward_from(torch.stack(seqs), cfg.feature_layer)
-                    else:
-                        feat = emb[:0]
-                with timer("scoring"):
-                    views = torch.cat([feat, emb[1:]]).to(flat.device)  # [V, D]
-                    s = (views @ flat.T) / cfg.score_temperature  # [V, C*M]
-                    s = s.masked_fill(~valid, float("-inf"))
-                    p = s.log_softmax(dim=-1).exp()
-                    ps = torch.where(valid, p * s, torch.zeros((), dtype=s.dtype, device=s.device))
-                    out.append(ps.view(-1, c, m).sum(-1).sum(0).float().cpu())
-    finally:
-        bb.use_fused = saved[0]
-        if saved[1] is not None:
-            attention.fast = saved[1]
-    return torch.stack(out), mismatches
 
 
 # -------------------------------------------------------------------------------------------
@@ -673,41 +507,3 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
         "notes": notes,
     }
     return report
-
-
-def format_report(rep: dict[str, Any]) -> str:
-    """Return a human-readable summary of a :func:`run_benchmark` report."""
-    lines = [f"absclip bench: {rep['images']} images from {rep['images_dir']}, {rep['model']} ({rep['weights']}), "
-             f"attention {rep['attention_model']}, {rep['device']} ({rep['device_name']})"]
-    lines += [f"note: {x}" for x in rep["notes"]]
-    head = f"{'run':<16}{'img/s':>8}{'s/img':>9}{'vs naive':>10}{'cpu s/img':>11}{'vs naive':>10}" \
-           f"{'max|dlogit|':>13}{'top1 agree':>12}{'GFLOP/img':>11}{'peak RSS MB':>13}"
-    lines += ["", head]
-    if rep["naive_images_per_s"] is not None:
-        lines.append(f"{'naive@fp32':<16}{rep['naive_images_per_s']:>8.3f}{1 / rep['naive_images_per_s']:>9.2f}"
-                     f"{'1.00x':>10}{rep['naive_cpu_seconds_per_image']:>11.2f}{'1.00x':>10}{'':>13}{'':>12}"
-                     f"{rep['flops']['naive']['image_encoder_gflop']:>11.0f}")
-    for r in rep["runs"]:
-        sp = f"{r['speedup_vs_naive']:.2f}x" if "speedup_vs_naive" in r else "-"
-        cs = f"{r['cpu_speedup_vs_naive']:.2f}x" if r.get("cpu_speedup_vs_naive") else "-"
-        dl = f"{r['max_abs_logit_diff']:.2e}" if "max_abs_logit_diff" in r else "-"
-        ag = f"{r['top1_agreement_vs_naive']:.2f}" if "top1_agreement_vs_naive" in r else "-"
-        lines.append(f"{r['method'] + '@' + r['precision']:<16}{r['images_per_s']:>8.3f}{r['seconds_per_image']:>9.2f}"
-                     f"{sp:>10}{r['cpu_seconds_per_image']:>11.2f}{cs:>10}{dl:>13}{ag:>12}"
-                     f"{r['image_encoder_gflop_per_image']:>11.0f}{r['peak_rss_mb']:>13.0f}")
-    if rep.get("load_average"):
-        lines.append(f"(load average at the end: {', '.join(f'{x:.1f}' for x in rep['load_average'])}; cpu s = "
-                     "process CPU time, less sensitive to other processes than wall-clock time)")
-    lines += ["", "stage breakdown (s per image):", f"{'stage':<24}{'naive':>9}" +
-              "".join(f"{r['method'] + '@' + r['precision']:>16}" for r in rep["runs"])]
-    for st in STAGES:
-        nv = rep["naive_stages_s_per_image"][st] if rep["naive_stages_s_per_image"] else float("nan")
-        lines.append(f"{st:<24}{nv:>9.3f}" + "".join(f"{r['stages_s_per_image'][st]:>16.3f}" for r in rep["runs"]))
-    t = rep["text"]
-    if "batched_per_s" in t:
-        lines.append(f"{'text encoding (once)':<24} {t['sentences']} sentences: {t['batched_per_s']:.1f}/s batched, "
-                     f"{t['per_class_per_s']:.1f}/s one class per call; the {t['classes']}x"
-                     f"{t['descriptions_per_class']} bank ~{t['bank_encode_s_estimate']:.0f} s once, then cached")
-    lines.append(f"scoring against {t['classes']} classes x {t['descriptions_per_class']} descriptions: "
-                 f"{100 * rep['scoring_share']:.1f}% of per-image time ({t['source']})")
-    return "\n".join(lines)

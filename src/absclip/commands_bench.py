@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 EPILOG = """\
 examples:
@@ -35,7 +36,7 @@ def _precisions(text: str) -> tuple[str, ...]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """absclip bench: run the benchmark and print the report (JSON last with --json)."""
-    from .bench import BenchSettings, format_report, run_benchmark
+    from .bench import BenchSettings, run_benchmark
     from .config import ABSConfig, replace_config
 
     abs_cfg = replace_config(ABSConfig(), pixel_crops=args.crops, feature_crops=args.feature_crops, top_k=args.top_k,
@@ -56,6 +57,44 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, default=str))
     return 0
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    """Return a human-readable summary of an :func:`absclip.bench.run_benchmark` report."""
+    lines = [f"absclip bench: {rep['images']} images from {rep['images_dir']}, {rep['model']} ({rep['weights']}), "
+             f"attention {rep['attention_model']}, {rep['device']} ({rep['device_name']})"]
+    lines += [f"note: {x}" for x in rep["notes"]]
+    head = f"{'run':<16}{'img/s':>8}{'s/img':>9}{'vs naive':>10}{'cpu s/img':>11}{'vs naive':>10}" \
+           f"{'max|dlogit|':>13}{'top1 agree':>12}{'GFLOP/img':>11}{'peak RSS MB':>13}"
+    lines += ["", head]
+    if rep["naive_images_per_s"] is not None:
+        lines.append(f"{'naive@fp32':<16}{rep['naive_images_per_s']:>8.3f}{1 / rep['naive_images_per_s']:>9.2f}"
+                     f"{'1.00x':>10}{rep['naive_cpu_seconds_per_image']:>11.2f}{'1.00x':>10}{'':>13}{'':>12}"
+                     f"{rep['flops']['naive']['image_encoder_gflop']:>11.0f}")
+    for r in rep["runs"]:
+        sp = f"{r['speedup_vs_naive']:.2f}x" if "speedup_vs_naive" in r else "-"
+        cs = f"{r['cpu_speedup_vs_naive']:.2f}x" if r.get("cpu_speedup_vs_naive") else "-"
+        dl = f"{r['max_abs_logit_diff']:.2e}" if "max_abs_logit_diff" in r else "-"
+        ag = f"{r['top1_agreement_vs_naive']:.2f}" if "top1_agreement_vs_naive" in r else "-"
+        lines.append(f"{r['method'] + '@' + r['precision']:<16}{r['images_per_s']:>8.3f}{r['seconds_per_image']:>9.2f}"
+                     f"{sp:>10}{r['cpu_seconds_per_image']:>11.2f}{cs:>10}{dl:>13}{ag:>12}"
+                     f"{r['image_encoder_gflop_per_image']:>11.0f}{r['peak_rss_mb']:>13.0f}")
+    if rep.get("load_average"):
+        lines.append(f"(load average at the end: {', '.join(f'{x:.1f}' for x in rep['load_average'])}; cpu s = "
+                     "process CPU time, less sensitive to other processes than wall-clock time)")
+    lines += ["", "stage breakdown (s per image):", f"{'stage':<24}{'naive':>9}" +
+              "".join(f"{r['method'] + '@' + r['precision']:>16}" for r in rep["runs"])]
+    for st in rep["stages_s_per_image"]:  # pipeline order (absclip.bench.STAGES)
+        nv = rep["naive_stages_s_per_image"][st] if rep["naive_stages_s_per_image"] else float("nan")
+        lines.append(f"{st:<24}{nv:>9.3f}" + "".join(f"{r['stages_s_per_image'][st]:>16.3f}" for r in rep["runs"]))
+    t = rep["text"]
+    if "batched_per_s" in t:
+        lines.append(f"{'text encoding (once)':<24} {t['sentences']} sentences: {t['batched_per_s']:.1f}/s batched, "
+                     f"{t['per_class_per_s']:.1f}/s one class per call; the {t['classes']}x"
+                     f"{t['descriptions_per_class']} bank ~{t['bank_encode_s_estimate']:.0f} s once, then cached")
+    lines.append(f"scoring against {t['classes']} classes x {t['descriptions_per_class']} descriptions: "
+                 f"{100 * rep['scoring_share']:.1f}% of per-image time ({t['source']})")
+    return "\n".join(lines)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
