@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from absclip import ABSConfig, Classifier, load_attention, scoring
+from absclip.attention import HFAttention
 from absclip.attention_maps import (
     ClipLayeredAttention,
     HFLayeredAttention,
@@ -22,7 +23,6 @@ from absclip.attention_maps import (
 )
 from absclip.cli import main
 from absclip.explain import clip_input_region, explain, heatmap_overlay
-from absclip.models import HFAttention
 
 from .conftest import CLIP_CFG, CLIP_WEIGHTS, DATA, DINO, GOLDEN
 

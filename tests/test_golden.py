@@ -137,7 +137,7 @@ def test_baseline_logits(clf, golden_items, golden):
 
 def test_clip_attention_is_a_distribution(backbone, golden_items):
     """The CLIP self-attention hook returns non-empty maps whose full rows sum to 1."""
-    from absclip.models import ClipSelfAttention
+    from absclip.attention import ClipSelfAttention
 
     src = ClipSelfAttention(backbone)
     heads = src.heads([it.image for it in golden_items])

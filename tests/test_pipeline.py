@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from absclip import ABSConfig, Classifier, list_methods
+from absclip.attention import ClipSelfAttention
 from absclip.data import make_item
-from absclip.models import ClipSelfAttention
 from absclip.sampling import draw_abs, image_rng
 from absclip.text import ClassList, TextEncoder, match_bank
 

@@ -1,10 +1,11 @@
 """absclip: training-free zero-shot image classification with CLIP-family models (ABS and baselines)."""
 
 from .api import Classifier, load
+from .attention import load_attention
 from .config import ABSConfig, WCAConfig
 from .errors import AbsclipError
 from .methods import list_methods, register_method
-from .models import load_attention, load_clip
+from .models import load_clip
 from .text import ClassList, load_classes
 
 __version__ = "0.1.0"

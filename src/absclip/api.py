@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .attention import AttentionSource, load_attention
 from .config import ABSConfig, WCAConfig
 from .data import ImageItem, make_item
 from .errors import AbsclipError
 from .methods import Method, TextInputs, create_method, get_method_class
-from .models import AttentionSource, ClipBackbone, load_attention, load_clip
+from .models import ClipBackbone, load_clip
 from .pipeline import BatchContext, default_view_batch
 from .text import ClassList, TextEncoder, load_classes, read_text_source
 

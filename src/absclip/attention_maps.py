@@ -15,7 +15,7 @@ probabilities ``[B, heads, T, T]`` and block outputs ``[B, T, width]``, CLS firs
   through ``ln_post`` and ``proj`` into the joint space, cosine with a class's descriptions.
 
 The first two are available as ABS attention sources (:class:`HFLayeredAttention`,
-:class:`ClipLayeredAttention`, chosen by :func:`absclip.models.load_attention` with
+:class:`ClipLayeredAttention`, chosen by :func:`absclip.attention.load_attention` with
 ``rollout=`` / ``sink_threshold=``); the text map is for display (``absclip explain --map text``).
 """
 
@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .attention import AttentionSource, ClipSelfAttention, HFAttention
 from .config import DEFAULT_SINK_THRESHOLD
 from .errors import AbsclipError
-from .models import AttentionSource, ClipBackbone, ClipSelfAttention, HFAttention, attention_probs
+from .models import ClipBackbone, attention_probs
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ class LayeredAttention(AttentionSource):
 class HFLayeredAttention(LayeredAttention):
     """A transformers ViT (DINO by default) seen through all its blocks: rollout and/or sink suppression.
 
-    Wraps an :class:`absclip.models.HFAttention` (same preprocessing, same eager attention).
+    Wraps an :class:`absclip.attention.HFAttention` (same preprocessing, same eager attention).
     """
 
     kind = "DINO/ViT"

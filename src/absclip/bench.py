@@ -33,22 +33,14 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
+from .attention import AttentionSource, ClipSelfAttention, HFAttention, load_attention
 from .config import ABSConfig, fast_abs_config
 from .data import list_images, make_item
 from .errors import AbsclipError
 from .flops import abs_image_flops, attention_pass_flops, naive_image_flops
 from .loader import default_workers, iter_image_batches
 from .methods import ABSMethod, get_method_class
-from .models import (
-    AttentionSource,
-    ClipBackbone,
-    ClipSelfAttention,
-    HFAttention,
-    load_attention,
-    load_clip,
-    resolve_device,
-    resolve_precision,
-)
+from .models import ClipBackbone, load_clip, resolve_device, resolve_precision
 from .naive import naive_abs_logits
 from .pipeline import BatchContext, default_view_batch
 from .sampling import ABSDraws

@@ -36,7 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
     from .api import Classifier
-    from .models import AttentionSource, ClipBackbone
+    from .attention import AttentionSource
+    from .models import ClipBackbone
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class Explanation:
 
 def source_label(src: AttentionSource) -> str:
     """Return a short description of an attention source for titles (e.g. ``dino-vitb16: CLS attention ...``)."""
-    from .models import ClipSelfAttention
+    from .attention import ClipSelfAttention
 
     label = getattr(src, "label", None)
     if isinstance(label, str) and label:

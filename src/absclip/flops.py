@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .attention import AttentionSource, ClipSelfAttention, HFAttention
 from .config import ABSConfig
-from .models import AttentionSource, ClipBackbone, ClipSelfAttention, HFAttention
+from .models import ClipBackbone
 from .vit_fast import vit_flops
 
 

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .attention import _dir_digest
 from .errors import AbsclipError, WeightsUnavailableError
-from .models import BackboneFacts, ClipBackbone, _dir_digest, _download_hint, _network_error, attention_probs
+from .models import BackboneFacts, ClipBackbone, _download_hint, _network_error, attention_probs
 
 HF_PREFIX = "hf:"
 

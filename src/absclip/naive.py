@@ -24,9 +24,10 @@ from collections.abc import Sequence
 
 import torch
 
+from .attention import AttentionSource
 from .config import ABSConfig
 from .data import ImageItem
-from .models import AttentionSource, ClipBackbone
+from .models import ClipBackbone
 from .pipeline import abs_geometry, feature_crop_tokens
 from .sampling import ABSDraws, image_rng
 from .text import EncodedBank

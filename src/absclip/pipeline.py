@@ -18,9 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from . import views
+from .attention import AttentionSource, ClipSelfAttention
 from .config import ABSConfig
 from .data import ImageItem
-from .models import AttentionSource, ClipBackbone, ClipSelfAttention
+from .models import ClipBackbone
 from .sampling import ABSDraws, draw_abs, image_rng
 from .timing import NULL_TIMER, StageTimer
 

@@ -10,9 +10,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from ..attention import AttentionSource
 from ..config import ABSConfig
 from ..errors import AbsclipError, BadImageError
-from ..models import AttentionSource
 from .options import ClassifierRecipe
 from .shards import row_schema
 from .uris import read_bytes
@@ -33,9 +33,9 @@ def prepare_text(recipe: ClassifierRecipe, methods: Sequence[str], top: int,
     Runs once per job (as a Ray task with the actors' resources, so the text is encoded on the
     same kind of device and precision as the images).
     """
+    from ..attention import HFAttention
     from ..attention_maps import HFLayeredAttention
     from ..evaluate import run_spec
-    from ..models import HFAttention
 
     _set_threads(threads)
     clf = recipe.classifier()
@@ -112,7 +112,7 @@ class AttentionMaps:
 
     def __init__(self, attention: dict[str, Any], abs_config: ABSConfig | None, seed: int,
                  clip_grid: tuple[int, int], clip_input: int, threads: int = 1) -> None:
-        from ..models import load_attention
+        from ..attention import load_attention
 
         _set_threads(threads)
         self.src = load_attention(attention["name"], None, device="cpu", layer=attention["layer"],  # type: ignore[arg-type]
