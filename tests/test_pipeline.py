@@ -162,3 +162,15 @@ def test_text_cache_is_keyed_by_model_identity(backbone, tmp_path):
     e2 = TextEncoder(other, cache_dir=tmp_path)
     e2.encode(["a photo of a cat."])
     assert e2.encoded_count == 1
+
+
+def test_attention_names_still_importable_from_models():
+    """The attention sources moved to absclip.attention; the old import paths keep working."""
+    import absclip.attention as attention
+    import absclip.models as models
+    from absclip.models import HFAttention, load_attention
+
+    assert load_attention is attention.load_attention and HFAttention is attention.HFAttention
+    assert models.ClipSelfAttention is attention.ClipSelfAttention
+    with pytest.raises(AttributeError):
+        models.no_such_name  # noqa: B018
