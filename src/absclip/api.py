@@ -24,7 +24,7 @@ from .data import ImageItem, make_item
 from .errors import AbsclipError
 from .methods import Method, TextInputs, create_method, get_method_class
 from .models import ClipBackbone, load_clip
-from .pipeline import BatchContext, default_view_batch
+from .pipeline import BatchContext, default_crop_workers, default_view_batch
 from .text import ClassList, TextEncoder, load_classes, read_text_source
 
 ImageLike = str | os.PathLike | Image.Image | ImageItem
@@ -83,7 +83,7 @@ class Classifier:
             raise AbsclipError("--batch-size must be at least 1.")
         self.batch_size = batch_size
         self.view_batch = view_batch
-        self.crop_workers = min(4, os.cpu_count() or 1) if crop_workers is None else crop_workers
+        self.crop_workers = default_crop_workers() if crop_workers is None else crop_workers
         self.encoder = TextEncoder(backbone, cache_dir=cache_dir, use_cache=use_cache)
         self.inputs: TextInputs | None = None
         self._methods: dict[str, Method] = {}

@@ -42,7 +42,7 @@ from .loader import default_workers, iter_image_batches
 from .methods import ABSMethod, get_method_class
 from .models import ClipBackbone, load_clip, resolve_device, resolve_precision
 from .naive import naive_abs_logits
-from .pipeline import BatchContext, default_view_batch
+from .pipeline import BatchContext, default_crop_workers, default_view_batch
 from .sampling import ABSDraws
 from .text import EncodedBank, TextEncoder
 from .timing import StageTimer, peak_rss_mb, reset_peak_rss
@@ -329,7 +329,7 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
     if s.threads is not None:
         torch.set_num_threads(s.threads)
     if s.crop_workers is None:
-        s = dataclasses.replace(s, crop_workers=min(4, os.cpu_count() or 1))
+        s = dataclasses.replace(s, crop_workers=default_crop_workers())
     if s.view_batch is None:
         s = dataclasses.replace(s, view_batch=default_view_batch(device))
     dtypes = [resolve_precision(p, device) for p in s.precisions]

@@ -8,6 +8,7 @@ token windows (via the pure functions in :mod:`absclip.views`) and embeds them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +37,11 @@ def default_view_batch(device: torch.device) -> int:
     if torch.device(device).type == "cuda":
         return 256
     return max(4, min(32, 2 * torch.get_num_threads()))
+
+
+def default_crop_workers() -> int:
+    """Return the default number of threads cutting pixel crops: one per CPU core, at most 4."""
+    return min(4, os.cpu_count() or 1)
 
 
 @dataclass
