@@ -50,6 +50,6 @@ def dino(backbone):
 
 @pytest.fixture(scope="session")
 def golden_items():
-    from absclip.data import make_item
+    from absclip.io.images import make_item
 
     return [make_item(p) for p in GOLDEN_IMAGES]

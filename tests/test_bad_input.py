@@ -17,9 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from absclip.data import load_image
 from absclip.errors import AbsclipError, BadImageError
-from absclip.text import ClassList, load_classes, match_bank, read_text_source
+from absclip.io.images import load_image
+from absclip.text.banks import match_bank
+from absclip.text.classes import ClassList, load_classes
+from absclip.text.sources import read_text_source
 
 from .conftest import CLIP_CFG, CLIP_WEIGHTS, DATA, DINO, GOLDEN
 
@@ -30,7 +32,7 @@ JPEG = DATA / "photos" / "rocket.jpg"
 
 
 def cli(*args, prefix=()):
-    return subprocess.run([*prefix, sys.executable, "-m", "absclip.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([*prefix, sys.executable, "-m", "absclip.cli.main", *map(str, args)], capture_output=True,
                           text=True, timeout=300)
 
 
@@ -41,7 +43,7 @@ class Proc:
 
 def cli_inprocess(capsys, *args):
     """Run the CLI in this process (faster than a subprocess); any uncaught exception fails the test."""
-    from absclip.cli import main
+    from absclip.cli.main import main
 
     rc = main([str(a) for a in args])
     out = capsys.readouterr()
@@ -152,7 +154,7 @@ def test_tiny_images_give_valid_views(corpus, backbone, dino):
     for name in ("one_pixel.png", "three_by_five.png"):
         logits = clf.logits(cases[name][0], "abs")
         assert torch.isfinite(logits).all()
-        for v in clf.method("abs").last_views:
+        for v in clf.views(cases[name][0], "abs"):
             w, h = (1, 1) if name == "one_pixel.png" else (3, 5)
             assert all(0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h for x0, y0, x1, y1 in v.boxes)
             assert all(0 <= r0 < r1 <= 14 and 0 <= c0 < c1 <= 14 for r0, r1, c0, c1 in v.windows)

@@ -10,19 +10,22 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from absclip import ABSConfig, views
-from absclip.bench import STAGES, cast_backbone, synthetic_bank
-from absclip.cli import main
-from absclip.config import fast_abs_config
-from absclip.data import make_item
-from absclip.flops import abs_image_flops
-from absclip.loader import iter_image_batches
-from absclip.methods import ABSMethod, create_method
-from absclip.models import BackboneFacts
-from absclip.naive import naive_abs_logits
-from absclip.pipeline import BatchContext, default_view_batch, encode_feature_crops, feature_crop_tokens
-from absclip.timing import StageTimer, peak_rss_mb
-from absclip.vit_fast import OneDNNLinear, _onednn_usable, vit_flops
+from absclip import ABSConfig
+from absclip.backbones.base import BackboneFacts
+from absclip.backbones.fused_vit import OneDNNLinear, _onednn_usable, vit_flops
+from absclip.cli.main import main
+from absclip.core import views
+from absclip.core.geometry import feature_crop_tokens
+from absclip.core.settings import fast_abs_config
+from absclip.diagnostics.bench import STAGES, cast_backbone, synthetic_bank
+from absclip.diagnostics.flops import abs_image_flops
+from absclip.diagnostics.naive import naive_abs_logits
+from absclip.diagnostics.timing import StageTimer, peak_rss_mb
+from absclip.io.images import make_item
+from absclip.io.loader import iter_image_batches
+from absclip.methods.abs import ABSMethod, encode_feature_crops
+from absclip.methods.base import create_method
+from absclip.methods.batch import BatchContext, default_view_batch
 
 from .conftest import CLIP_CFG, CLIP_WEIGHTS, DATA, DINO, GOLDEN_IMAGES
 
@@ -177,8 +180,8 @@ def test_feature_crop_dedup_is_exact(backbone, golden_items):
 
 
 def test_fast_mode_changes_results_and_keeps_tokens_by_attention(backbone, dino, bank, reference):
-    fast = create_method("abs-fast", abs_config=SMALL)
-    assert fast.cfg == fast_abs_config(SMALL) and fast.cfg.token_keep == 0.5
+    fast = create_method("abs-fast", SMALL)
+    assert fast.settings == fast_abs_config(SMALL) and fast.settings.token_keep == 0.5
     fast.bank = bank
     items = [make_item(p) for p in PHOTOS]
     logits = fast.logits(BatchContext(items, backbone, dino), 0)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from absclip import description_sets as ds
-from absclip.cli import main
+from absclip.cli.main import main
 from absclip.errors import AbsclipError
-from absclip.text import read_text_source
+from absclip.text import public_sets as ds
+from absclip.text.sources import read_text_source
 
 from .conftest import DATA
 

@@ -9,20 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from absclip import ABSConfig, Classifier, load_attention, scoring
-from absclip.attention import HFAttention
-from absclip.attention_maps import (
-    ClipLayeredAttention,
-    HFLayeredAttention,
-    clip_block_attention,
-    robust_outliers,
-    rollout,
-    sink_tokens,
-    suppress_sinks,
-    text_similarity_map,
-)
-from absclip.cli import main
-from absclip.explain import clip_input_region, explain, heatmap_overlay
+from absclip import ABSConfig, Classifier, load_attention
+from absclip.attention.layered import ClipLayeredAttention, HFLayeredAttention
+from absclip.attention.maps import robust_outliers, rollout, sink_tokens, suppress_sinks, text_similarity_map
+from absclip.attention.sources import HFAttention
+from absclip.backbones.open_clip_maps import clip_block_attention
+from absclip.cli.main import main
+from absclip.core import scoring
+from absclip.diagnostics.explain import clip_input_region, explain, heatmap_overlay
 
 from .conftest import CLIP_CFG, CLIP_WEIGHTS, DATA, DINO, GOLDEN
 
@@ -41,11 +35,11 @@ def clf(backbone, dino):
 @pytest.fixture(scope="module")
 def picture(clf, tmp_path_factory):
     ex = explain(clf, PHOTO, top=3)
-    used = clf.method("abs").last_views[0]
+    used = clf.views(str(PHOTO), "abs")[0]
     path = tmp_path_factory.mktemp("explain") / "explain.png"
     drawn = ex.save(path)
     ranked = clf.classify(str(PHOTO), top=3)  # the plain API on the same image, after the picture
-    again = clf.method("abs").last_views[0]
+    again = clf.views(str(PHOTO), "abs")[0]
     return ex, used, drawn, path, ranked, again
 
 

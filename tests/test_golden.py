@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from absclip import ABSConfig, Classifier, scoring, views
-from absclip.pipeline import BatchContext, abs_views
-from absclip.sampling import ABSDraws
+from absclip import ABSConfig, Classifier
+from absclip.core import scoring, views
+from absclip.core.sampling import ABSDraws
+from absclip.methods.abs import abs_views
+from absclip.methods.batch import BatchContext
 
 from .conftest import GOLDEN
 
@@ -85,7 +87,7 @@ def test_pixel_crop_pixels_and_embeddings(run, backbone, golden_items, golden):
 
 
 def test_feature_crops(run, backbone, golden):
-    from absclip.pipeline import feature_crop_tokens
+    from absclip.core.geometry import feature_crop_tokens
 
     ctx, vs = run
     assert np.abs(ctx.tokens.numpy() - golden["clip_pre_last_block"]).max() <= TOL
@@ -137,7 +139,7 @@ def test_baseline_logits(clf, golden_items, golden):
 
 def test_clip_attention_is_a_distribution(backbone, golden_items):
     """The CLIP self-attention hook returns non-empty maps whose full rows sum to 1."""
-    from absclip.attention import ClipSelfAttention
+    from absclip.attention.sources import ClipSelfAttention
 
     src = ClipSelfAttention(backbone)
     heads = src.heads([it.image for it in golden_items])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from absclip import ABSConfig, Classifier, load_clip
-from absclip.data import make_item
+from absclip.io.images import make_item
 
 from .conftest import DATA, GOLDEN
 
@@ -28,7 +28,7 @@ def test_grid_and_layer_come_from_the_model(tmp_path, dino, patch, grid):
     items = [make_item(DATA / "photos" / "chelsea.png"), make_item(DATA / "photos" / "grace_hopper.jpg")]
     logits = clf.logits(items, "abs")
     assert logits.shape == (2, 3) and torch.isfinite(logits).all()
-    for v in clf.method("abs").last_views:
+    for v in clf.views(items, "abs"):
         assert v.embeddings.shape == (12, 64)
         assert all(0 <= r0 < r1 <= grid and 0 <= c0 < c1 <= grid for r0, r1, c0, c1 in v.windows)
         assert all(0 <= c < grid * grid for c in v.feat_centres)

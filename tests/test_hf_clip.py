@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from absclip import ABSConfig, Classifier, load_clip
-from absclip.pipeline import BatchContext
+from absclip.methods.batch import BatchContext
 
 from .conftest import CLIP_WEIGHTS, GOLDEN
 
@@ -88,7 +88,7 @@ def hf_dir(tmp_path_factory):
 
 def test_hf_clip_matches_golden(hf_dir, dino, golden_items, golden):
     """Given the fixture's pixels, every image-side stage and the text side match the reference."""
-    from absclip.pipeline import feature_crop_tokens
+    from absclip.core.geometry import feature_crop_tokens
 
     bb = load_clip(f"hf:{hf_dir}")
     assert bb.facts.grid == (14, 14) and bb.facts.num_blocks == 3 and bb.facts.embed_dim == 512

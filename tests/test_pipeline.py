@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from absclip import ABSConfig, Classifier, list_methods
-from absclip.attention import ClipSelfAttention
-from absclip.data import make_item
-from absclip.sampling import draw_abs, image_rng
-from absclip.text import ClassList, TextEncoder, match_bank
+from absclip.attention.sources import ClipSelfAttention
+from absclip.core.sampling import draw_abs, image_rng
+from absclip.io.images import make_item
+from absclip.text.banks import match_bank
+from absclip.text.classes import ClassList
+from absclip.text.encoder import TextEncoder
 
 from .conftest import DATA, GOLDEN
 
@@ -163,14 +165,3 @@ def test_text_cache_is_keyed_by_model_identity(backbone, tmp_path):
     e2.encode(["a photo of a cat."])
     assert e2.encoded_count == 1
 
-
-def test_attention_names_still_importable_from_models():
-    """The attention sources moved to absclip.attention; the old import paths keep working."""
-    import absclip.attention as attention
-    import absclip.models as models
-    from absclip.models import HFAttention, load_attention
-
-    assert load_attention is attention.load_attention and HFAttention is attention.HFAttention
-    assert models.ClipSelfAttention is attention.ClipSelfAttention
-    with pytest.raises(AttributeError):
-        models.no_such_name  # noqa: B018

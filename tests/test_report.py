@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from absclip.cli import main
-from absclip.report import confused_pairs, load_report_data, per_class_accuracy, worst_classes
+from absclip.cli.main import main
+from absclip.diagnostics.report import confused_pairs, load_report_data, per_class_accuracy, worst_classes
 
 from .conftest import CLIP_CFG, CLIP_WEIGHTS, DATA, DINO
 

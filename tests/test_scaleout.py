@@ -26,9 +26,9 @@ MODEL = ["--model", str(CLIP_CFG), "--pretrained", str(CLIP_WEIGHTS), "--attenti
 
 
 def test_missing_ray_is_one_sentence(monkeypatch, tmp_path, capsys):
-    from absclip.cli import main
+    from absclip.cli.main import main
+    from absclip.engines.ray import RAY_HINT, import_ray
     from absclip.errors import AbsclipError
-    from absclip.scaleout import RAY_HINT, import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # "import ray" raises ImportError
     with pytest.raises(AbsclipError, match=r"pip install 'absclip\[ray\]'"):
@@ -40,8 +40,8 @@ def test_missing_ray_is_one_sentence(monkeypatch, tmp_path, capsys):
 
 
 def test_plan_defaults():
+    from absclip.engines.ray import RayOptions, make_plan
     from absclip.errors import AbsclipError
-    from absclip.scaleout import RayOptions, make_plan
 
     cpu = make_plan(RayOptions(), 16, 0, batch_size=8, attention_separable=True)
     assert cpu.attention_stage and cpu.actors == 15 and cpu.threads_per_actor == 1 and cpu.batch_size == 8
@@ -61,8 +61,8 @@ def test_actor_stage_without_ray_uses_the_text_it_is_given(backbone):
 
     pa = pytest.importorskip("pyarrow")
     from absclip import ABSConfig, Classifier
-    from absclip.evaluate import run_spec
-    from absclip.scaleout import AttentionMaps, ClassifierRecipe, EncodeAndScore, decode_images, prepare_text
+    from absclip.engines.local import run_spec
+    from absclip.engines.ray import AttentionMaps, ClassifierRecipe, EncodeAndScore, decode_images, prepare_text
 
     build = functools.partial(Classifier.from_pretrained, str(CLIP_CFG), str(CLIP_WEIGHTS), attention_model=str(DINO),
                               abs_config=ABSConfig(pixel_crops=4, feature_crops=4), use_cache=False)
@@ -87,9 +87,9 @@ def test_actor_stage_without_ray_uses_the_text_it_is_given(backbone):
 def test_torn_shard_is_dropped_on_resume(tmp_path):
     """A shard cut short by a crash is deleted (its images are predicted again), never trusted."""
     pq = pytest.importorskip("pyarrow.parquet")
+    from absclip.engines.ray import OutputDir, row_schema
     from absclip.errors import AbsclipError
-    from absclip.labelling import prediction_rows
-    from absclip.scaleout import OutputDir, row_schema
+    from absclip.io.records import prediction_rows
 
     pa = pytest.importorskip("pyarrow")
     rows = prediction_rows("a.jpg", 1, "k", {"clip": [{"index": 1, "label": "b", "score": 0.9, "logit": 0.3}]},
@@ -104,7 +104,7 @@ def test_torn_shard_is_dropped_on_resume(tmp_path):
 
 
 def test_label_local_resumes(tmp_path, capsys):
-    from absclip.cli import main
+    from absclip.cli.main import main
 
     out = tmp_path / "labels"
     args = ["label", str(SAMPLE), "--classes", "tench,goldfish,great white shark", "--method", "clip", "--limit", "3",
@@ -182,7 +182,7 @@ def assert_each_once(rows):
 
 @pytest.fixture(scope="module")
 def reference(listing, tmp_path_factory):
-    from absclip.cli import main
+    from absclip.cli.main import main
 
     out = tmp_path_factory.mktemp("local") / "results.json"
     assert main(eval_args(listing, out)) == 0
@@ -194,7 +194,7 @@ def reference(listing, tmp_path_factory):
 
 @pytest.mark.parametrize("actors,batch", [(1, 4), (2, 3)])
 def test_ray_matches_local(ray_instance, listing, reference, tmp_path, capsys, actors, batch):
-    from absclip.cli import main
+    from absclip.cli.main import main
 
     ref_doc, ref_preds = reference
     out = tmp_path / "results.json"
@@ -215,10 +215,10 @@ def test_ray_matches_local(ray_instance, listing, reference, tmp_path, capsys, a
 @pytest.fixture(scope="module")
 def killed_run(ray_instance, listing, tmp_path_factory):
     """A run in which one actor process exits (os._exit) on its second batch; Ray restarts it."""
-    from absclip.cli import build_parser
-    from absclip.commands_label import recipe
-    from absclip.scaleout import RayOptions, evaluate_ray
-    from absclip.text import load_classes
+    from absclip.cli.engine import recipe
+    from absclip.cli.main import build_parser
+    from absclip.engines.ray import RayOptions, evaluate_ray
+    from absclip.text.classes import load_classes
 
     d = tmp_path_factory.mktemp("killed")
     out = d / "results.json"
@@ -240,7 +240,7 @@ def test_killed_actor_every_image_once(killed_run, reference):
 
 
 def test_resume(killed_run, reference, listing, capsys):
-    from absclip.cli import main
+    from absclip.cli.main import main
 
     doc, out = killed_run
     folder = Path(doc["predictions"])
@@ -272,14 +272,14 @@ def test_resume(killed_run, reference, listing, capsys):
 
 def test_label_on_ray_matches_local(ray_instance, tmp_path, capsys):
     """absclip label: local vs Ray (attention inside the actors; an error raised in one batch is retried)."""
-    from absclip.cli import build_parser
-    from absclip.commands_label import recipe
-    from absclip.scaleout import RayOptions, label_ray
-    from absclip.text import load_classes
+    from absclip.cli.engine import recipe
+    from absclip.cli.main import build_parser
+    from absclip.engines.ray import RayOptions, label_ray
+    from absclip.text.classes import load_classes
 
     common = ["--classes", "tench,goldfish,great white shark,tiger shark", "--method", "abs", "--limit", "6",
               "--no-progress", "--batch-size", "2", *MODEL]
-    from absclip.cli import main
+    from absclip.cli.main import main
 
     assert main(["label", str(SAMPLE), "--output", str(tmp_path / "local"), *common]) == 0
     capsys.readouterr()

@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from absclip import views
+from absclip.core import views
 
 GRIDS = st.sampled_from([7, 14, 16])
 SIZES = st.integers(1, 4000)

@@ -1,12 +1,12 @@
 """absclip: training-free zero-shot image classification with CLIP-family models (ABS and baselines)."""
 
-from .api import Classifier, load
-from .attention import load_attention
-from .config import ABSConfig, WCAConfig
-from .errors import AbsclipError
-from .methods import list_methods, register_method
-from .models import load_clip
-from .text import ClassList, load_classes
+from absclip.api import Classifier, load
+from absclip.attention.factory import load_attention
+from absclip.backbones.open_clip import load_clip
+from absclip.core.settings import ABSConfig, WCAConfig
+from absclip.errors import AbsclipError
+from absclip.methods.base import list_methods, register_method
+from absclip.text.classes import ClassList, load_classes
 
 __version__ = "0.1.0"
 

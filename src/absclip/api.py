@@ -5,8 +5,7 @@ Example:
     >>> clf = absclip.load("ViT-B-16", pretrained="openai")                 # doctest: +SKIP
     >>> clf.set_classes(["cat", "dog"], descriptions="cupl.json")           # doctest: +SKIP
     >>> clf.classify("photo.jpg", top=2)                                    # doctest: +SKIP
-    [{'label': 'cat', 'score': 0.93}, {'label': 'dog', 'score': 0.07}]
-"""
+    [{'label': 'cat', 'score': 0.93}, {'label': 'dog', 'score': 0.07}]"""
 
 from __future__ import annotations
 
@@ -18,14 +17,17 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .attention import AttentionSource, load_attention
-from .config import ABSConfig, WCAConfig
-from .data import ImageItem, make_item
-from .errors import AbsclipError
-from .methods import Method, TextInputs, create_method, get_method_class
-from .models import ClipBackbone, load_clip
-from .pipeline import BatchContext, default_crop_workers, default_view_batch
-from .text import ClassList, TextEncoder, load_classes, read_text_source
+from absclip.attention.factory import load_attention
+from absclip.attention.sources import AttentionSource
+from absclip.backbones.open_clip import ClipBackbone, load_clip
+from absclip.core.settings import ABSConfig, WCAConfig
+from absclip.errors import AbsclipError
+from absclip.io.images import ImageItem, make_item
+from absclip.methods.base import Method, TextInputs, create_method, get_method_class
+from absclip.methods.batch import BatchContext, default_crop_workers, default_view_batch
+from absclip.text.classes import ClassList, load_classes
+from absclip.text.encoder import TextEncoder
+from absclip.text.sources import read_text_source
 
 ImageLike = str | os.PathLike | Image.Image | ImageItem
 
@@ -34,10 +36,13 @@ class Classifier:
     """A CLIP backbone, an attention source (loaded when a method needs it) and a class text bank.
 
     Args:
-        backbone: from :func:`absclip.models.load_clip`.
+        backbone: from :func:`absclip.backbones.open_clip.load_clip`.
         attention_model: ``facebook/dino-vitb16`` (default), a local transformers directory, or
             ``clip`` to use the CLIP model's own last-layer attention.
-        abs_config / wca_config: method settings (defaults: the reference's).
+        settings: method settings, one frozen dataclass instance per settings type (e.g.
+            ``[ABSConfig(pixel_crops=20), WCAConfig(crops=30)]``); every method whose
+            ``settings_type`` is one of them uses it, the others their defaults (the reference's).
+        abs_config / wca_config: shorthands for an :class:`ABSConfig` / :class:`WCAConfig` in ``settings``.
         seed: run seed; every image draws its crops from (seed, image content).
         batch_size: images per batch (never changes results).
         view_batch: views per image-encoder call (None: 32 on the CPU, where larger batches only
@@ -55,6 +60,7 @@ class Classifier:
         backbone: ClipBackbone,
         *,
         attention_model: str | AttentionSource | None = None,
+        settings: Iterable[Any] = (),
         abs_config: ABSConfig | None = None,
         wca_config: WCAConfig | None = None,
         seed: int = 0,
@@ -74,8 +80,10 @@ class Classifier:
         self.attention_layer = attention_layer
         self.attention_rollout = attention_rollout
         self.sink_threshold = sink_threshold
-        self.abs_config = abs_config or ABSConfig()
-        self.wca_config = wca_config or WCAConfig()
+        self.settings: dict[type, Any] = {type(s): s for s in settings}
+        for s in (abs_config, wca_config):
+            if s is not None:
+                self.settings[type(s)] = s
         self.seed = int(seed)
         if view_batch is None:
             view_batch = default_view_batch(backbone.device)
@@ -99,7 +107,7 @@ class Classifier:
         precision: str | None = "fp32",
         **kwargs: Any,
     ) -> Classifier:
-        """Return a classifier for an open_clip model (see :func:`absclip.models.load_clip` for names)."""
+        """Return a classifier for an open_clip model (see :func:`absclip.backbones.open_clip.load_clip` for names)."""
         return cls(load_clip(model, pretrained, device=device, precision=precision),
                    attention_model=attention_model, **kwargs)
 
@@ -162,7 +170,8 @@ class Classifier:
             raise AbsclipError("No classes set: call set_classes(...) first.")
         if name not in self._methods:
             get_method_class(name)
-            m = create_method(name, abs_config=self.abs_config, wca_config=self.wca_config)
+            cls = get_method_class(name)
+            m = create_method(name, self.settings.get(cls.settings_type) if cls.settings_type else None)
             m.prepare(self.inputs, self.encoder)
             self._methods[name] = m
         return self._methods[name]
@@ -194,17 +203,20 @@ class Classifier:
 
     # -- image side ----------------------------------------------------------------------------
     def context(self, items: list[ImageItem], methods: Iterable[str],
-                attention: AttentionSource | None = None) -> BatchContext:
+                attention: AttentionSource | None = None, draws: dict[str, Any] | None = None) -> BatchContext:
         """Return a :class:`BatchContext` for a batch, with the attention source if a method needs it.
 
-        ``attention`` replaces the classifier's own source for this batch (e.g. maps computed by an
-        earlier scale-out stage).
+        ``attention`` replaces the classifier's own source for this batch and ``draws`` gives
+        per-image random draws by method (both computed by an earlier scale-out stage).
         """
+        methods = list(methods)
         need_attn = any(get_method_class(m).needs_attention for m in methods)
         src = (self.attention if attention is None else attention) if need_attn else None
-        return BatchContext(items, self.backbone, src,
-                            feature_layer=self.abs_config.feature_layer, view_batch=self.view_batch,
-                            crop_workers=self.crop_workers)
+        layers = {self.method(m).token_layer for m in methods if get_method_class(m).needs_tokens}
+        if len(layers) > 1:
+            raise AbsclipError(f"Methods of one run must use the same feature layer; got {sorted(layers)}.")
+        return BatchContext(items, self.backbone, src, feature_layer=layers.pop() if layers else -1,
+                            view_batch=self.view_batch, crop_workers=self.crop_workers, draws=dict(draws or {}))
 
     def logits_batch(self, items: list[ImageItem], methods: Sequence[str]) -> dict[str, torch.Tensor]:
         """Return ``{method: logits [B, C]}`` for one batch, sharing the full-image work across methods."""
@@ -218,6 +230,21 @@ class Classifier:
         out = [self.logits_batch(items[i : i + self.batch_size], [method])[method]
                for i in range(0, len(items), self.batch_size)]
         return torch.cat(out) if out else torch.zeros(0, len(self.classes))
+
+    def views(self, images: ImageLike | Sequence[ImageLike], method: str = "abs") -> list[Any]:
+        """Return what a view-based method (``abs``, ``abs-fast``) looked at, one record per image.
+
+        Each record holds the attention map, the draws, the pixel boxes, the token windows and the
+        view embeddings (:class:`absclip.methods.abs.ABSViews`); the same as classifying computes.
+        """
+        meth = self.method(method)
+        if not hasattr(meth, "views"):
+            raise AbsclipError(f"Method {method!r} has no attention-guided views.")
+        items = [_item(x) for x in _as_list(images)]
+        out: list[Any] = []
+        for i in range(0, len(items), self.batch_size):
+            out += meth.views(self.context(items[i : i + self.batch_size], [method]), self.seed)
+        return out
 
     def ranked(self, logits: torch.Tensor, method: str, top: int = 5) -> list[list[dict[str, Any]]]:
         """Return, per row of ``logits``, the ``top`` classes as ``[{label, score, logit, index}]``."""

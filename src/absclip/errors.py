@@ -1,8 +1,7 @@
 """User-facing errors.
 
 An :class:`AbsclipError` carries one sentence that says what went wrong and how to fix it. The
-CLI prints it without a traceback and exits with code 2; library callers can catch it.
-"""
+CLI prints it without a traceback and exits with code 2; library callers can catch it."""
 
 from __future__ import annotations
 

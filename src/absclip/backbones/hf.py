@@ -1,0 +1,164 @@
+"""Adapter for Hugging Face ``transformers`` CLIP models (``CLIPModel``), with the same contract as
+:class:`absclip.backbones.open_clip.ClipBackbone`: preprocess, tokenizer, image/text encoders, the tokens entering a
+block, finishing from a block, and explicit CLS attention.
+
+Names: ``--model hf:openai/clip-vit-base-patch16`` (hub name or local directory), or a local
+directory saved with ``save_pretrained`` whose ``config.json`` says ``"model_type": "clip"``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from absclip.backbones.base import BackboneFacts, attention_probs
+from absclip.backbones.hub import dir_digest, download_hint, is_network_error
+from absclip.backbones.open_clip import ClipBackbone
+from absclip.errors import AbsclipError, WeightsUnavailableError
+
+HF_PREFIX = "hf:"
+
+
+def is_hf_clip_dir(path: str) -> bool:
+    """Return True if ``path`` is a directory holding a transformers CLIP model (``model_type == "clip"``)."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("model_type") == "clip"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+class _Preprocess:
+    """PIL image → ``[3, H, W]`` float tensor with the model's own image processor (PIL backend)."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+
+
+class _Tokenizer:
+    """list[str] → ``[N, context]`` token ids, truncated (open_clip's tokenizer contract)."""
+
+    def __init__(self, tokenizer: Any, context_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        enc = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.context_length,
+                             return_tensors="pt")
+        return enc["input_ids"]
+
+
+class HFClipBackbone(ClipBackbone):
+    """A transformers ``CLIPModel`` behind the :class:`ClipBackbone` interface (tokens are batch-first)."""
+
+    def __init__(self, model: Any, processor: Any, tokenizer: Any, *, name: str, identity: str,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.preprocess = _Preprocess(processor)
+        vcfg = model.config.vision_config
+        tcfg = model.config.text_config
+        self.tokenizer = _Tokenizer(tokenizer, int(tcfg.max_position_embeddings))
+        self.name = name
+        self.pretrained = name
+        self.identity = identity
+        self.device = device
+        self.dtype = dtype
+        self.has_tokens = True
+        size, patch = int(vcfg.image_size), int(vcfg.patch_size)
+        self.facts = BackboneFacts((size, size), (patch, patch), (size // patch, size // patch),
+                                   int(vcfg.num_hidden_layers), int(vcfg.hidden_size), int(model.config.projection_dim))
+
+    @property
+    def _layers(self) -> Any:
+        return self.model.vision_model.encoder.layers
+
+    @staticmethod
+    def _run(layer: Any, x: torch.Tensor) -> torch.Tensor:
+        out = layer(x, None)
+        return out[0] if isinstance(out, tuple) else out
+
+    def _project(self, cls: torch.Tensor) -> torch.Tensor:
+        pooled = self.model.vision_model.post_layernorm(cls)
+        return F.normalize(self.model.visual_projection(pooled).float(), dim=-1)
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Return normalised image embeddings ``[B, D]`` (fp32)."""
+        x = self.tokens_before(pixels, 0)
+        return self.forward_from(x, 0)
+
+    @torch.inference_mode()
+    def tokens_before(self, pixels: torch.Tensor, layer: int) -> torch.Tensor:
+        """Return the tokens entering block ``layer``: ``[B, 1 + rows*cols, width]`` after ``pre_layrnorm``."""
+        idx = self.block_index(layer)
+        vm = self.model.vision_model
+        x = vm.pre_layrnorm(vm.embeddings(pixels.to(self.device, self.dtype)))
+        for blk in self._layers[:idx]:
+            x = self._run(blk, x)
+        return x
+
+    @torch.inference_mode()
+    def forward_from(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+        """Run blocks ``layer ..``, ``post_layernorm`` on CLS, project; return normalised ``[B, D]``."""
+        idx = self.block_index(layer)
+        x = tokens.to(self.device, self.dtype)
+        for blk in self._layers[idx:]:
+            x = self._run(blk, x)
+        return self._project(x[:, 0])
+
+    @torch.inference_mode()
+    def cls_attention(self, tokens: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        """Return CLS→patch attention ``[B, heads, rows*cols]`` of block ``layer``, recomputed from q and k."""
+        blk = self._layers[self.block_index(layer)]
+        attn = blk.self_attn
+        h = blk.layer_norm1(tokens.to(self.device, self.dtype)).float()
+        q = F.linear(h[:, :1], attn.q_proj.weight.float(), attn.q_proj.bias.float())
+        k = F.linear(h, attn.k_proj.weight.float(), attn.k_proj.bias.float())
+        heads = int(self.model.config.vision_config.num_attention_heads)
+        return attention_probs(q, k, heads)[:, :, 0, 1:]
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """Return normalised text embeddings ``[T, D]`` (fp32, CPU)."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            ids = self.tokenizer(texts[i : i + batch_size]).to(self.device)
+            pooled = self.model.text_model(input_ids=ids).pooler_output
+            out.append(F.normalize(self.model.text_projection(pooled).float(), dim=-1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.facts.embed_dim)
+
+
+def load_hf_clip(name: str, *, device: torch.device, dtype: torch.dtype) -> HFClipBackbone:
+    """Return an :class:`HFClipBackbone` for a hub name or local directory (``hf:`` prefix optional)."""
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    src = name[len(HF_PREFIX):] if name.startswith(HF_PREFIX) else name
+    local = os.path.isdir(src)
+    try:
+        model = CLIPModel.from_pretrained(src)
+        try:
+            processor = AutoImageProcessor.from_pretrained(src, backend="pil")
+        except TypeError:  # transformers 4.x
+            processor = AutoImageProcessor.from_pretrained(src, use_fast=False)
+        tokenizer = AutoTokenizer.from_pretrained(src)
+    except Exception as e:
+        if not local and is_network_error(e) or isinstance(e, OSError) and not local:
+            raise WeightsUnavailableError(
+                download_hint(f"Hugging Face CLIP model {src}", "the Hugging Face hub", "--model hf:/path/to/dir")
+            ) from e
+        raise AbsclipError(f"Could not load the transformers CLIP model {src}: {str(e).splitlines()[0]}") from e
+    identity = f"hf-clip:{dir_digest(src) if local else src}"
+    model = model.to(device, dtype)
+    return HFClipBackbone(model, processor, tokenizer, name=src, identity=identity, device=device, dtype=dtype)

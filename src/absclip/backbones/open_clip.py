@@ -1,0 +1,412 @@
+"""CLIP backbone adapters (open_clip models, checkpoints, OpenAI files, hub repos): :func:`load_clip`.
+
+Adapters carry their own facts (grid size, patch size, input size, number of blocks, identity
+for caches), so that the rest of absclip never compares model-name strings or hard-codes
+14/16/224. The attention models (DINO via transformers, or CLIP itself) are in
+:mod:`absclip.attention.sources` (:func:`absclip.attention.factory.load_attention`).
+
+CLIP attention is read by explicit recomputation of ``softmax(q k^T / sqrt(d))``
+(:func:`attention_probs`); no library code is edited."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import pickle
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from absclip.backbones.base import BackboneFacts, attention_probs, resolve_device, resolve_precision
+from absclip.backbones.hub import download_hint, file_digest, is_network_error, quiet_root_logging, safe_load_state_dict
+from absclip.errors import AbsclipError, WeightsUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+def _is_openai_state_dict(sd: dict[str, torch.Tensor]) -> bool:
+    return "visual.conv1.weight" in sd and "text_projection" in sd and "token_embedding.weight" in sd
+
+
+class ClipBackbone:
+    """An open_clip model plus the operations ABS needs, with explicit device and dtype.
+
+    Image-side methods take preprocessed pixels ``[B, 3, H, W]`` and return L2-normalised fp32
+    embeddings ``[B, D]``. Token-level methods (feature crops, CLS attention) need an open_clip
+    ``VisionTransformer`` tower; other towers (timm, ResNet) support pixel crops and baselines.
+    """
+
+    fused: Any = None  # a vit_fast.FusedViT when the tower qualifies (set in __init__)
+    use_fused: bool = False
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocess: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        pretrained: str | None,
+        identity: str,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.name = name
+        self.pretrained = pretrained
+        self.identity = identity
+        self.device = device
+        self.dtype = dtype
+        visual = model.visual
+        self.has_tokens = all(hasattr(visual, a) for a in ("_embeds", "transformer", "_pool", "proj"))
+        if self.has_tokens:
+            grid = tuple(visual.grid_size)
+            blocks = len(visual.transformer.resblocks)
+            width = visual.transformer.width
+            image_size = tuple(visual.image_size)
+            patch = tuple(visual.patch_size)
+        else:
+            size = getattr(visual, "image_size", 224)
+            image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+            grid, blocks, width, patch = (0, 0), 0, 0, (0, 0)
+        embed_dim = int(model.text_projection.shape[-1]) if getattr(model, "text_projection", None) is not None \
+            else int(getattr(visual, "output_dim", 0))
+        self.facts = BackboneFacts(image_size, patch, grid, blocks, width, embed_dim)
+        from absclip.backbones.fused_vit import fused_vit
+
+        #: fused forward (SDPA, CLS-only last block; :mod:`absclip.backbones.fused_vit`) when the tower qualifies
+        self.fused = fused_vit(visual) if self.has_tokens else None
+        #: set False to run open_clip's own modules (the benchmark's reference-style pipeline does)
+        self.use_fused = self.fused is not None
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _require_tokens(self, what: str) -> None:
+        if not self.has_tokens:
+            raise AbsclipError(
+                f"{what} needs an open_clip VisionTransformer image tower, but {self.name} has "
+                f"{type(self.model.visual).__name__}; use --feature-crops 0 and --attention-model dino."
+            )
+
+    def block_index(self, layer: int) -> int:
+        """Return the non-negative block index for ``layer`` (negative counts from the end), range-checked."""
+        n = self.facts.num_blocks
+        idx = layer + n if layer < 0 else layer
+        if not 0 <= idx < n:
+            raise AbsclipError(f"Block index {layer} is out of range for a {n}-block image tower.")
+        return idx
+
+    # -- image side ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Return normalised image embeddings ``[B, D]`` (fp32) for preprocessed pixels ``[B, 3, H, W]``."""
+        x = pixels.to(self.device, self.dtype)
+        if self.use_fused and self.fused is not None:
+            return F.normalize(self.fused.encode(x).float(), dim=-1)
+        return F.normalize(self.model.encode_image(x).float(), dim=-1)
+
+    @torch.inference_mode()
+    def encode_images_dropped(self, pixels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Return normalised embeddings ``[B, D]`` keeping only patches ``keep`` ``[B, k]`` (token dropping).
+
+        Patches are dropped after the patch and positional embedding; this changes results and
+        is used only by ABS's opt-in fast mode. Needs the fused ViT path.
+        """
+        if self.fused is None:
+            raise AbsclipError(f"Token dropping needs a plain open_clip ViT image tower; {self.name} has none.")
+        return F.normalize(self.fused.encode(pixels.to(self.device, self.dtype), keep).float(), dim=-1)
+
+    @torch.inference_mode()
+    def tokens_before(self, pixels: torch.Tensor, layer: int) -> torch.Tensor:
+        """Return the tokens entering block ``layer``: ``[B, 1 + rows*cols, width]`` (CLS first, row-major).
+
+        That is patch + positional embedding, ``ln_pre`` and blocks ``0 .. layer-1``.
+        """
+        self._require_tokens("Feature-space crops")
+        visual = self.model.visual
+        idx = self.block_index(layer)
+        if self.use_fused and self.fused is not None:
+            return self.fused.run_blocks(self.fused.embed(pixels.to(self.device, self.dtype)), 0, idx)
+        x = visual._embeds(pixels.to(self.device, self.dtype))
+        if not visual.transformer.batch_first:
+            x = x.transpose(0, 1)
+        for blk in visual.transformer.resblocks[:idx]:
+            x = blk(x)
+        if not visual.transformer.batch_first:
+            x = x.transpose(0, 1)
+        return x
+
+    @torch.inference_mode()
+    def forward_from(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
+        """Run blocks ``layer ..`` on ``tokens`` ``[B, T, width]``, pool, project; return normalised ``[B, D]``."""
+        visual = self.model.visual
+        idx = self.block_index(layer)
+        x = tokens.to(self.device, self.dtype)
+        if self.use_fused and self.fused is not None:
+            return F.normalize(self.fused.forward_from(x, idx).float(), dim=-1)
+        if not visual.transformer.batch_first:
+            x = x.transpose(0, 1)
+        for blk in visual.transformer.resblocks[idx:]:
+            x = blk(x)
+        if not visual.transformer.batch_first:
+            x = x.transpose(0, 1)
+        pooled, _ = visual._pool(x)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        return F.normalize(pooled.float(), dim=-1)
+
+    @torch.inference_mode()
+    def cls_attention(self, tokens: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        """Return the CLS→patch attention of block ``layer`` for its input ``tokens``: ``[B, heads, rows*cols]``.
+
+        Recomputed explicitly as ``softmax(q k^T / sqrt(d_head))`` from the block's ``ln_1`` and
+        ``in_proj`` weights, so it works with fused attention kernels. Rows sum to 1 over all keys
+        (CLS included); the patch part is returned.
+        """
+        self._require_tokens("CLIP self-attention")
+        blk = self.model.visual.transformer.resblocks[self.block_index(layer)]
+        attn = getattr(blk, "attn", None)
+        if not isinstance(attn, torch.nn.MultiheadAttention) or attn.in_proj_weight is None:
+            raise AbsclipError(f"CLIP attention is not supported for the blocks of {self.name}.")
+        x = blk.ln_1(tokens.to(self.device, self.dtype)).float()
+        w = attn.in_proj_weight.float()
+        b = attn.in_proj_bias.float() if attn.in_proj_bias is not None else None
+        q, k, _ = F.linear(x, w, b).chunk(3, dim=-1)  # [B, T, width] each
+        return attention_probs(q[:, :1], k, attn.num_heads)[:, :, 0, 1:]
+
+    # -- text side ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """Return normalised text embeddings ``[T, D]`` (fp32, on the CPU); long texts are truncated."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(texts[i : i + batch_size]).to(self.device)
+            out.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu())
+        if not out:
+            return torch.zeros(0, self.facts.embed_dim)
+        return torch.cat(out)
+
+    def describe(self) -> dict[str, Any]:
+        """Return a JSON-able description of the backbone (for results provenance)."""
+        return {
+            "model": self.name,
+            "pretrained": self.pretrained,
+            "identity": self.identity,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "grid": list(self.facts.grid),
+            "blocks": self.facts.num_blocks,
+        }
+
+
+def load_clip(
+    model: str,
+    pretrained: str | None = None,
+    *,
+    device: str | torch.device | None = "cpu",
+    precision: str | None = "fp32",
+    quick_gelu: bool | None = None,
+    cache_dir: str | None = None,
+) -> ClipBackbone:
+    """Return a :class:`ClipBackbone` for an open_clip model, loaded the open_clip way.
+
+    Args:
+        model: an open_clip model name (``ViT-B-16``), ``hf-hub:org/repo``, ``local-dir:/path``,
+            ``hf:NAME_OR_DIR`` or a ``save_pretrained`` directory for a transformers ``CLIPModel``,
+            a path to an open_clip JSON config (its file stem becomes the name), or a path to an
+            OpenAI-format checkpoint (TorchScript archive or state dict) when ``pretrained`` is None.
+        pretrained: an open_clip tag (``openai``, ``laion2b_s34b_b88k``...) or a checkpoint file.
+            ``None`` builds the architecture with random weights (logged).
+        device: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``auto``.
+        precision: ``fp32`` (default), ``bf16``, ``fp16`` or ``auto`` (fp16 on CUDA, fp32 on CPU).
+        quick_gelu: force QuickGELU (OpenAI weights need it); ``None`` follows the tag/config.
+        cache_dir: where open_clip caches downloads.
+
+    Raises:
+        AbsclipError: unknown name or tag, unreadable or mismatched checkpoint.
+        WeightsUnavailableError: weights could not be downloaded.
+
+    Example:
+        >>> bb = load_clip("ViT-B-16", "openai")  # doctest: +SKIP
+    """
+    import open_clip
+
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    name = str(model)
+    pretrained = None if pretrained in (None, "", "none") else str(pretrained)
+    # random weights differ in every process: never let a cache or a resumed run take them for the same model
+    identity_weights = pretrained or f"random-init:{uuid.uuid4().hex}"
+    kwargs: dict[str, Any] = {"device": dev, "cache_dir": cache_dir}
+
+    from absclip.backbones.hf import HF_PREFIX, is_hf_clip_dir, load_hf_clip
+
+    if name.startswith(HF_PREFIX) or is_hf_clip_dir(name):  # a transformers CLIPModel
+        return load_hf_clip(name, device=dev, dtype=dtype)
+
+    if name.endswith(".json"):
+        if not os.path.isfile(name):
+            raise AbsclipError(f"Model config file {name} does not exist.")
+        try:
+            cfg = json.loads(Path(name).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise AbsclipError(f"Model config {name} is not valid JSON ({e}).") from e
+        if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
+            raise AbsclipError(f"Model config {name} is not an open_clip config (needs vision_cfg and text_cfg).")
+        open_clip.add_model_config(name)
+        name = Path(name).stem
+        identity_weights = f"{identity_weights}|cfg:{file_digest(model)}"
+
+    schema = name.split(":", 1)[0] if name.startswith(("hf-hub:", "local-dir:")) else None
+    if schema is None and pretrained is None and os.path.isfile(name):
+        return _load_openai_file(name, dev, dtype)
+
+    force_qg = bool(quick_gelu)
+    if schema is None:
+        if name not in open_clip.list_models():
+            close = difflib.get_close_matches(name, open_clip.list_models(), n=5)
+            hint = f" Did you mean: {', '.join(close)}?" if close else " See `absclip models`."
+            raise AbsclipError(f"Unknown model {name!r}.{hint}")
+        if pretrained is not None:
+            tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+            if tag_cfg:
+                if quick_gelu is None and tag_cfg.get("quick_gelu") and not open_clip.get_model_config(name).get(
+                    "quick_gelu"
+                ):
+                    force_qg = True  # e.g. ViT-B-16 + openai: GELU would drift outputs by ~1e-2
+            elif os.path.isfile(pretrained):
+                # local files: our own weights_only load, then an explicit key/shape check
+                identity_weights = f"file:{file_digest(pretrained)}"
+                sd = safe_load_state_dict(pretrained)
+                return _build_from_state_dict(name, pretrained, sd, dev, dtype, force_qg, identity_weights)
+            elif os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+                raise AbsclipError(f"Checkpoint file {pretrained} does not exist.")
+            else:
+                tags = open_clip.list_pretrained_tags_by_model(name)
+                raise AbsclipError(
+                    f"Unknown pretrained tag {pretrained!r} for {name}; known tags: "
+                    f"{', '.join(tags) if tags else 'none (pass a checkpoint file)'}."
+                )
+    elif schema == "local-dir":
+        d = name.split(":", 1)[1]
+        if not os.path.isdir(d):
+            raise AbsclipError(f"Model directory {d} does not exist.")
+
+    try:
+        with quiet_root_logging():
+            clip, _, preprocess = open_clip.create_model_and_transforms(
+                name,
+                pretrained=pretrained,
+                precision="fp32",
+                force_quick_gelu=force_qg,
+                weights_only=True,
+                **kwargs,
+            )
+    except AbsclipError:
+        raise
+    except Exception as e:  # open_clip raises RuntimeError/ValueError/OSError subclasses for all of these
+        text = str(e)
+        if isinstance(e, pickle.UnpicklingError) or "weights_only" in text or "Unsupported global" in text:
+            raise AbsclipError(
+                f"Refusing to load {pretrained}: it is not a plain tensor checkpoint (loading it would execute "
+                "pickled code); re-save it as a state dict or .safetensors."
+            ) from e
+        if "Error(s) in loading state_dict" in text or "size mismatch" in text:
+            raise AbsclipError(
+                f"Checkpoint {pretrained} does not fit model {name} (different architecture); pass the --model "
+                "that matches it."
+            ) from e
+        if is_network_error(e):
+            if schema == "hf-hub":
+                msg = download_hint(name, f"the Hugging Face hub ({name[len('hf-hub:'):]})",
+                                     "--model local-dir:/path/to/dir (open_clip_config.json + weights)")
+            else:
+                tag_cfg = open_clip.get_pretrained_cfg(name, pretrained or "") or {}
+                src = f"the Hugging Face hub ({tag_cfg['hf_hub'].rstrip('/')})" if tag_cfg.get("hf_hub") \
+                    else tag_cfg.get("url", "the open_clip download source")
+                msg = download_hint(f"'{pretrained}' {name}", src, "--pretrained /path/to/file")
+            raise WeightsUnavailableError(msg) from e
+        raise AbsclipError(f"Could not load model {name} ({pretrained}): {str(e).splitlines()[0]}") from e
+    if pretrained is None and schema is None:
+        log.warning("No --pretrained weights given for %s: the model is randomly initialised.", name)
+    tokenizer = open_clip.get_tokenizer(name)
+    identity = f"open_clip:{name}|{identity_weights}|qg={force_qg}"
+    clip = clip.to(dev, dtype)
+    return ClipBackbone(clip, preprocess, tokenizer, name=name, pretrained=pretrained, identity=identity,
+                        device=dev, dtype=dtype)
+
+
+def _build_from_state_dict(
+    name: str,
+    pretrained: str,
+    sd: dict[str, torch.Tensor],
+    dev: torch.device,
+    dtype: torch.dtype,
+    force_qg: bool,
+    identity_weights: str,
+) -> ClipBackbone:
+    import open_clip
+
+    with quiet_root_logging():
+        clip, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=None, precision="fp32", force_quick_gelu=force_qg, device="cpu"
+        )
+    # the same conversions open_clip's load_checkpoint applies, on our weights_only-loaded dict
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import convert_to_custom_text_state_dict
+
+    sd = convert_state_dict(clip, sd)
+    if "positional_embedding" in sd and not hasattr(clip, "positional_embedding"):
+        sd = convert_to_custom_text_state_dict(sd)
+    if "logit_scale" in sd and clip.logit_scale.ndim != sd["logit_scale"].ndim:
+        sd["logit_scale"] = sd["logit_scale"].reshape(clip.logit_scale.shape)
+    if "logit_bias" not in sd and getattr(clip, "logit_bias", None) is not None:
+        sd["logit_bias"] = torch.zeros_like(clip.logit_bias)
+    expected = clip.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        first = (f"{wrong[0]} has shape {tuple(sd[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}"
+                 if wrong else f"missing {missing[:2]}" if missing else f"unexpected {unexpected[:2]}")
+        raise AbsclipError(
+            f"Checkpoint {pretrained} does not fit model {name} ({first}); pass the --model that matches it."
+        )
+    clip.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()}, strict=True)
+    tokenizer = open_clip.get_tokenizer(name)
+    identity = f"open_clip:{name}|{identity_weights}|qg={force_qg}"
+    clip = clip.to(dev, dtype)
+    return ClipBackbone(clip, preprocess, tokenizer, name=name, pretrained=pretrained, identity=identity,
+                        device=dev, dtype=dtype)
+
+
+def _load_openai_file(path: str, dev: torch.device, dtype: torch.dtype) -> ClipBackbone:
+    """Load an OpenAI-format checkpoint (TorchScript archive or state dict); QuickGELU is implied."""
+    import open_clip
+    from open_clip.model import build_model_from_openai_state_dict
+
+    sd = safe_load_state_dict(path)
+    if not _is_openai_state_dict(sd):
+        raise AbsclipError(
+            f"{path} is not an OpenAI-format CLIP checkpoint; pass an open_clip --model name or config "
+            "together with --pretrained FILE."
+        )
+    try:
+        clip = build_model_from_openai_state_dict(sd).float().eval()
+    except Exception as e:
+        raise AbsclipError(f"Could not build a CLIP model from {path}: {str(e).splitlines()[0]}") from e
+    size = clip.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    preprocess = open_clip.image_transform(
+        size, is_train=False, mean=open_clip.OPENAI_DATASET_MEAN, std=open_clip.OPENAI_DATASET_STD
+    )
+    tokenizer = open_clip.get_tokenizer("ViT-B-16", context_length=int(clip.context_length))
+    identity = f"openai-file:{file_digest(path)}"
+    clip = clip.to(dev, dtype)
+    return ClipBackbone(clip, preprocess, tokenizer, name=Path(path).stem, pretrained=path, identity=identity,
+                        device=dev, dtype=dtype)

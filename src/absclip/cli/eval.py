@@ -1,0 +1,88 @@
+"""``absclip eval``: metrics per method on a labelled data set, on the local engine or Ray."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+from typing import Any
+
+from absclip.cli.engine import _announce, ray_options, recipe
+from absclip.cli.options import build_classifier
+from absclip.errors import AbsclipError
+
+log = logging.getLogger("absclip")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """absclip eval: metrics per method, predictions JSONL, results JSON."""
+    from absclip.engines.local import evaluate
+    from absclip.io.sources import load_samples, take
+    from absclip.methods.base import get_method_class
+    from absclip.text.classes import load_classes
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        get_method_class(m)
+    classes = load_classes(args.classes, args.classes_file)
+    if getattr(args, "engine", "local") == "ray":  # scale-out engine (absclip.engines.ray): same results document
+
+
+        return print_eval_results(eval_on_ray(args, classes, methods), args)
+    samples = take(load_samples(args.data, classes, image_column=args.image_column,
+                                label_column=args.label_column), args.limit)
+    clf = build_classifier(args)
+    clf.set_classes(classes, args.descriptions, descriptors=args.descriptors, templates=args.templates)
+    dataset = args.dataset_name or os.path.basename(os.path.normpath(args.data))
+    doc = evaluate(clf, samples, methods, output=args.output, predictions=args.predictions, dataset=dataset,
+                   top=args.top, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                   max_pixels=args.max_pixels,
+                   extra_config={"data": args.data, "classes_file": args.classes_file,
+                                 "descriptions": args.descriptions, "limit": args.limit})
+    if args.report:
+        from absclip.diagnostics.report import write_report
+
+        write_report(doc, args.report, clf=clf, max_images=args.report_max_images)
+    return print_eval_results(doc, args)
+
+
+def print_eval_results(doc: dict[str, Any], args: argparse.Namespace) -> int:
+    """Print an eval results document (JSON, or a metrics table with the files written); return 0."""
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        print(f"{'method':<10} {'acc1':>8} {'acc5':>8} {'mpcr':>8}   ({doc['evaluated']} images, "
+              f"{len(doc['skipped'])} skipped, {doc['timing']['seconds']:.1f} s)")
+        for r in doc["results"]:
+            m = r["metrics"]
+            fmt = [("   nan" if isinstance(v, float) and math.isnan(v) else f"{v:8.4f}")
+                   for v in (m["acc1"], m["acc5"], m["mean_per_class_recall"])]
+            print(f"{r['absclip']['method']:<10} {fmt[0]:>8} {fmt[1]:>8} {fmt[2]:>8}")
+        print(f"results: {', '.join(doc.get('files', [args.output]))}; predictions: {doc['predictions']}")
+        if args.report:
+            print(f"report: {args.report}")
+    return 0
+
+
+def eval_on_ray(args: argparse.Namespace, classes: Any, methods: list[str]) -> dict[str, Any]:
+    """Run ``absclip eval --engine ray``; return the results document (written to ``--output``)."""
+    from absclip.engines.ray import evaluate_ray, import_ray
+
+    import_ray()
+    if args.report:
+        raise AbsclipError("--report reads the local engine's predictions; run it without --engine ray, or call "
+                           "absclip.diagnostics.report.write_report on these results later.")
+    dataset = args.dataset_name or os.path.basename(os.path.normpath(args.data))
+    doc = evaluate_ray(recipe(args, classes), args.data, methods, output=args.output, predictions=args.predictions,
+                       dataset=dataset, top=args.top, options=ray_options(args), resume=args.resume,
+                       overwrite=args.overwrite, max_pixels=args.max_pixels, limit=args.limit,
+                       image_column=args.image_column, label_column=args.label_column, announce=_announce,
+                       extra_config={"data": args.data, "classes_file": args.classes_file,
+                                     "descriptions": args.descriptions, "limit": args.limit})
+    t = doc["timing"]
+    _announce(f"ray: {doc['evaluated']} images evaluated ({len(doc['skipped'])} skipped) in "
+              f"{doc['config']['seconds_total']:.1f} s; pipeline {t['seconds']:.1f} s"
+              + (f", {t['images_per_s']:.2f} images/s" if t["images_per_s"] else " (nothing left to do)"))
+    return doc

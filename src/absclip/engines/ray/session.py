@@ -1,0 +1,76 @@
+"""Ray itself: the lazy ``import ray`` (one sentence naming the extra when missing), connecting
+to a cluster or starting a local instance, and unwrapping an :class:`AbsclipError` raised in a Ray worker."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from absclip.errors import AbsclipError
+
+RAY_HINT = "Ray is not installed; install the extra with pip install 'absclip[ray]'."
+
+
+def import_ray() -> Any:
+    """Return the ``ray`` module (with Ray Data loaded); raise :class:`AbsclipError` naming the extra if missing."""
+    try:
+        import pyarrow  # noqa: F401
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise AbsclipError(RAY_HINT) from e
+    return ray
+
+
+def _find_absclip_error(e: BaseException) -> AbsclipError | None:
+    """Return the :class:`AbsclipError` behind ``e``, looking through Ray's wrappers (which carry a traceback)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, AbsclipError) and not hasattr(x, "traceback_str"):
+            return x
+        stack += [x.__cause__, x.__context__, getattr(x, "cause", None)]
+    return None
+
+
+def _unwrapped(fn: Callable[[], Any]) -> Any:
+    """Call ``fn``; an :class:`AbsclipError` raised in a Ray worker comes back as itself (one sentence)."""
+    try:
+        return fn()
+    except Exception as e:
+        inner = _find_absclip_error(e)
+        if inner is e:
+            raise
+        if inner is not None:
+            raise type(inner)(str(inner)) from e
+        raise
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None) -> Iterator[tuple[Any, bool]]:
+    """Yield ``(ray, started)``: Ray connected to a cluster — the one already connected, ``address``
+    (``auto``, ``ray://HOST:PORT``), ``$RAY_ADDRESS``, or a new local instance (``started``, shut down on exit)."""
+    ray = import_ray()
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING}
+        if address in (None, "local") and not os.environ.get("RAY_ADDRESS"):
+            kwargs.update(address=None, include_dashboard=False)
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as e:
+            raise AbsclipError(f"Could not connect to the Ray cluster at {address} ({str(e).splitlines()[0]}); "
+                               "start one with 'ray start --head' or leave out --address.") from e
+        started = True
+    try:
+        yield ray, started
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,99 @@
+"""The output folder: the Parquet schema of prediction rows and :class:`OutputDir` (list, read and
+clear the shards, delete a shard torn by a kill on resume, write ``_run.json`` and ``_summary.json``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from absclip.engines.ray.uris import split_uri
+from absclip.errors import AbsclipError
+
+log = logging.getLogger(__package__)  # "absclip.engines.ray", the logger of the module before the split
+
+
+def row_schema() -> Any:
+    """Return the Parquet schema of prediction rows (:data:`absclip.io.records.ROW_FIELDS`)."""
+    import pyarrow as pa
+
+    from absclip.io.records import ROW_FIELDS
+
+    types = {
+        "path": pa.string(), "label": pa.int64(), "method": pa.string(), "pred": pa.int64(),
+        "pred_label": pa.string(), "score": pa.float64(), "topk": pa.list_(pa.int64()),
+        "topk_labels": pa.list_(pa.string()), "topk_scores": pa.list_(pa.float64()),
+        "topk_logits": pa.list_(pa.float64()), "seed": pa.int64(), "key": pa.string(), "skip_reason": pa.string(),
+        "run": pa.string(), "attempt": pa.string(), "seconds": pa.float64(),
+    }
+    return pa.schema([(f, types[f]) for f in ROW_FIELDS])
+
+
+@dataclass
+class OutputDir:
+    """A folder of Parquet prediction shards (local path or URI) plus ``_run.json``."""
+
+    uri: str
+
+    def __post_init__(self) -> None:
+        self.fs, self.root, self.prefix = split_uri(self.uri)
+
+    def shards(self) -> list[str]:
+        """Return the Parquet files in the folder (paths inside its filesystem), sorted."""
+        import pyarrow.fs as pafs
+
+        if self.fs.get_file_info(self.root).type != pafs.FileType.Directory:
+            return []
+        files = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=False))
+        return sorted(f.path for f in files if f.type == pafs.FileType.File and f.path.endswith(".parquet")
+                      and not os.path.basename(f.path).startswith((".", "_")))
+
+    def read(self, columns: Sequence[str] | None = None, *, drop_broken: bool = False) -> Any:
+        """Return all rows as one pyarrow table (``columns`` only). A shard that cannot be read (torn by a
+        kill) is deleted when ``drop_broken`` (its images are then predicted again), else raises."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tables = []
+        for f in self.shards():
+            try:
+                tables.append(pq.read_table(f, filesystem=self.fs, columns=list(columns) if columns else None))
+            except Exception as e:
+                if not drop_broken:
+                    raise AbsclipError(f"{self.prefix + f} is not a readable Parquet file ({e}).") from e
+                log.warning("Deleting the unreadable shard %s (%s); its images are predicted again.",
+                            self.prefix + f, str(e).splitlines()[0])
+                self.fs.delete_file(f)
+        schema = row_schema()
+        if columns:
+            schema = pa.schema([schema.field(c) for c in columns])
+        return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
+
+    def clear(self) -> None:
+        """Delete the shards and ``_run.json`` (only files absclip writes)."""
+        for f in self.shards():
+            self.fs.delete_file(f)
+        self._delete_if_exists("_run.json")
+        self._delete_if_exists("_summary.json")
+
+    def _delete_if_exists(self, name: str) -> None:
+        import pyarrow.fs as pafs
+
+        p = f"{self.root.rstrip('/')}/{name}"
+        if self.fs.get_file_info(p).type == pafs.FileType.File:
+            self.fs.delete_file(p)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        """Write ``name`` in the folder (atomically for local folders)."""
+        import json
+
+        if not self.prefix:
+            from absclip.io.files import atomic_write_json
+
+            atomic_write_json(os.path.join(self.root, name), obj)
+            return
+        self.fs.create_dir(self.root, recursive=True)
+        with self.fs.open_output_stream(f"{self.root.rstrip('/')}/{name}") as f:
+            f.write((json.dumps(obj, indent=2) + "\n").encode())

@@ -1,0 +1,114 @@
+"""Metrics and results documents in CLIP_benchmark's shape, written by every engine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from absclip.io.files import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+TASK = "zeroshot_classification"
+
+
+def compute_metrics(labels: Sequence[int], topk: Sequence[Sequence[int]], num_classes: int) -> dict[str, float]:
+    """Return ``acc1``, ``acc5`` and ``mean_per_class_recall`` as fractions (CLIP_benchmark's definitions).
+
+    ``acc5`` is NaN with fewer than five classes; the per-class recall averages over the classes
+    that occur in ``labels``.
+    """
+    n = len(labels)
+    if n == 0:
+        return {"acc1": math.nan, "acc5": math.nan, "mean_per_class_recall": math.nan}
+    top1 = [t[0] == y for y, t in zip(labels, topk)]
+    acc5 = sum(y in t[:5] for y, t in zip(labels, topk)) / n if num_classes >= 5 else math.nan
+    per_class: dict[int, list[bool]] = {}
+    for y, ok in zip(labels, top1):
+        per_class.setdefault(y, []).append(ok)
+    recall = sum(sum(v) / len(v) for v in per_class.values()) / len(per_class)
+    return {"acc1": sum(top1) / n, "acc5": acc5, "mean_per_class_recall": recall}
+
+
+def run_id_for(spec: dict[str, Any]) -> str:
+    """Return a short hash of everything that changes predictions (model, weights, texts, settings, seed)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def results_document(
+    spec: dict[str, Any],
+    records: dict[str, Sequence[tuple[int, Sequence[int]]]],
+    *,
+    model: str,
+    pretrained: str | None,
+    dataset: str,
+    images: int,
+    skipped: list[dict[str, str]],
+    predictions: str,
+    seconds: float,
+    images_this_run: int,
+    method_seconds: dict[str, float],
+    extra_config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Return the results document (CLIP_benchmark records per method) that both engines write.
+
+    Args:
+        spec: the run spec from :func:`run_spec`.
+        records: per method, ``(label, top-k class indices)`` of every predicted image.
+        model / pretrained / dataset: recorded as CLIP_benchmark does.
+        images: images in the data set; ``skipped``: ``[{file, reason}]``.
+        predictions: where the per-image predictions are.
+        seconds / images_this_run / method_seconds: timing of this run.
+    """
+    from absclip import __version__
+
+    methods = list(spec["methods"])
+    run_id = run_id_for(spec)
+    results = []
+    for m in methods:
+        recs = records.get(m, [])
+        metrics = compute_metrics([y for y, _ in recs], [t for _, t in recs], len(spec["classes"]))
+        results.append({
+            "dataset": dataset, "model": model, "pretrained": pretrained,
+            "task": TASK, "language": "en", "metrics": metrics,
+            "absclip": {
+                "version": __version__, "method": m, "method_config": spec["methods"][m]["config"],
+                "bank_hash": spec["methods"][m]["bank"], "seed": spec["seed"], "images": len(recs),
+                "seconds_this_run": round(method_seconds.get(m, 0.0), 3),
+            },
+        })
+    return {
+        "dataset": dataset, "model": model, "pretrained": pretrained, "task": TASK,
+        "language": "en", "seed": spec["seed"], "absclip_version": __version__, "run": run_id,
+        "images": images, "evaluated": images - len(skipped), "skipped": skipped,
+        "predictions": predictions,
+        "config": {**spec, **(extra_config or {})},
+        "timing": {"seconds": round(seconds, 3),
+                   "images_per_s": round(images_this_run / seconds, 4) if seconds else None},
+        "results": results,
+    }
+
+
+def write_results(doc: dict[str, Any], output: str | os.PathLike) -> dict[str, Any]:
+    """Write ``doc`` to ``output`` atomically and return it.
+
+    If ``output`` contains ``{method}``, one CLIP_benchmark-style file per method is written
+    instead and the returned document lists them under ``files``.
+    """
+    out_path = str(output)
+    if "{method}" in out_path:
+        files = []
+        for r in doc["results"]:
+            f = out_path.replace("{method}", r["absclip"]["method"])
+            atomic_write_json(f, {**r, "absclip": {**r["absclip"], "run": doc["run"], "skipped": doc["skipped"],
+                                                   "predictions": doc["predictions"], "config": doc["config"]}})
+            files.append(f)
+        doc["files"] = files
+    else:
+        atomic_write_json(out_path, doc)
+    return doc

@@ -1,0 +1,77 @@
+"""Zero-shot head methods: clip, clip-e, cupl, dclip, waffle (mean of class text embeddings, cosine with the image)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from absclip.core import scoring
+from absclip.core.settings import WaffleSettings
+from absclip.methods.base import Method, TextInputs, register_method
+from absclip.methods.batch import BatchContext
+from absclip.text import banks as text
+from absclip.text.encoder import TextEncoder
+
+log = logging.getLogger(__name__)
+
+
+class _ClassifierHead(Method):
+    """Zero-shot head: mean of each class's text embeddings; logits = cosine with the full image."""
+
+    classifier: torch.Tensor
+
+    def texts(self, inputs: TextInputs) -> list[list[str]]:
+        raise NotImplementedError
+
+    def prepare(self, inputs: TextInputs, encoder: TextEncoder) -> None:
+        self.bank = encoder.encode_bank(self.texts(inputs))
+        self.classifier = scoring.masked_mean_classifier(self.bank.emb, self.bank.mask)
+
+    def logits(self, ctx: BatchContext, seed: int) -> torch.Tensor:
+        return scoring.cosine_logits(ctx.full.cpu(), self.classifier)
+
+
+@register_method("clip")
+class ClipMethod(_ClassifierHead):
+    """CLIP with the single prompt "a photo of a {c}."."""
+
+    def texts(self, inputs: TextInputs) -> list[list[str]]:
+        return text.template_bank(inputs.classes, [text.DEFAULT_TEMPLATE])
+
+
+@register_method("clip-e")
+class ClipEnsembleMethod(_ClassifierHead):
+    """CLIP with a template ensemble (``--templates``, default: the CLIP paper's 80 ImageNet templates)."""
+
+    def texts(self, inputs: TextInputs) -> list[list[str]]:
+        return text.template_bank(inputs.classes, inputs.templates or text.openai_imagenet_templates())
+
+
+@register_method("cupl")
+class CuplMethod(_ClassifierHead):
+    """CuPL: the mean of each class's LLM-written description embeddings."""
+
+    def texts(self, inputs: TextInputs) -> list[list[str]]:
+        return inputs.description_texts()
+
+
+@register_method("dclip")
+class DclipMethod(_ClassifierHead):
+    """DCLIP (classification by description): mean over "{c}, which (is/has) {descriptor}" sentences."""
+
+    def texts(self, inputs: TextInputs) -> list[list[str]]:
+        if inputs.descriptors is None:
+            return inputs.fallback("descriptors")
+        return text.descriptor_bank(inputs.classes, inputs.descriptors)
+
+
+@register_method("waffle")
+class WaffleMethod(_ClassifierHead):
+    """WaffleCLIP: random word and character descriptors, the same for every class (seeded)."""
+
+    settings_type = WaffleSettings
+    settings: WaffleSettings
+
+    def texts(self, inputs: TextInputs) -> list[list[str]]:
+        return text.waffle_bank(inputs.classes, text.tokenizer_vocabulary(), count=self.settings.count, seed=inputs.seed)
