@@ -53,3 +53,22 @@ def golden_items():
     from absclip.io.images import make_item
 
     return [make_item(p) for p in GOLDEN_IMAGES]
+
+
+#: fixtures that start a real Ray instance: every test using one is in the slow tier
+SLOW_FIXTURES = {"ray_instance", "killed_run"}
+#: other tests of the slow tier (end-to-end runs of many images or processes, a real browser)
+SLOW_TESTS = {
+    "test_eval_imagenet_sample_1000_classes",
+    "test_kill_and_resume_gives_identical_results",
+    "test_changed_settings_are_refused",
+    "test_report_renders_in_headless_chromium",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the slow tier (``pytest -m "not slow"`` skips it; the full suite and CI run everything)."""
+    for item in items:
+        name = item.name.split("[", 1)[0]
+        if name in SLOW_TESTS or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

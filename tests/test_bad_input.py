@@ -32,7 +32,7 @@ JPEG = DATA / "photos" / "rocket.jpg"
 
 
 def cli(*args, prefix=()):
-    return subprocess.run([*prefix, sys.executable, "-m", "absclip.cli.main", *map(str, args)], capture_output=True,
+    return subprocess.run([*prefix, sys.executable, "-m", "absclip", *map(str, args)], capture_output=True,
                           text=True, timeout=300)
 
 

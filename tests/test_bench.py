@@ -17,10 +17,11 @@ from absclip.cli.main import main
 from absclip.core import views
 from absclip.core.geometry import feature_crop_tokens
 from absclip.core.settings import fast_abs_config
+from absclip.core.timer import StageTimer
 from absclip.diagnostics.bench import STAGES, cast_backbone, synthetic_bank
 from absclip.diagnostics.flops import abs_image_flops
 from absclip.diagnostics.naive import naive_abs_logits
-from absclip.diagnostics.timing import StageTimer, peak_rss_mb
+from absclip.diagnostics.timing import peak_rss_mb
 from absclip.io.images import make_item
 from absclip.io.loader import iter_image_batches
 from absclip.methods.abs import ABSMethod, encode_feature_crops

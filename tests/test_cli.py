@@ -121,7 +121,7 @@ def test_metrics_definitions():
 )
 def test_model_errors_are_one_sentence(args, needle, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "absclip.cli.main", "classify", str(PHOTOS / "coffee.png"), "--classes", "a,b", *args],
+        [sys.executable, "-m", "absclip", "classify", str(PHOTOS / "coffee.png"), "--classes", "a,b", *args],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
@@ -131,7 +131,7 @@ def test_model_errors_are_one_sentence(args, needle, tmp_path):
 
 
 def test_help_teaches():
-    proc = subprocess.run([sys.executable, "-m", "absclip.cli.main", "eval", "--help"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "absclip", "eval", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     for flag in ("--data", "--methods", "--output", "--crops", "--feature-crops", "--top-k", "--attention-model",
                  "example:"):

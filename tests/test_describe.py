@@ -287,7 +287,7 @@ def test_resume_after_sigkill(llm, tmp_path, monkeypatch, capsys):
     server = llm(CLASSES, delay=0.08)
     out = tmp_path / "d.json"
     cf = _classes_file(tmp_path)
-    cmd = [sys.executable, "-m", "absclip.cli.main", *_args(server, out, "--per-class", "4", "--concurrency", "1",
+    cmd = [sys.executable, "-m", "absclip", *_args(server, out, "--per-class", "4", "--concurrency", "1",
                                                        classes_file=cf)]
     env = {**os.environ, KEY_ENV: KEY, "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost",
            "PYTHONPATH": str(ROOT / "src")}

@@ -20,7 +20,7 @@ ARGS = ["eval", "--data", str(SAMPLE), "--classes-file", str(DATA / "imagenet-me
 
 
 def run(out, *extra):
-    return subprocess.run([sys.executable, "-m", "absclip.cli.main", *ARGS, "--output", str(out), *extra],
+    return subprocess.run([sys.executable, "-m", "absclip", *ARGS, "--output", str(out), *extra],
                           capture_output=True, text=True, timeout=600)
 
 
@@ -43,7 +43,7 @@ def test_kill_and_resume_gives_identical_results(tmp_path, reference, sig):
     ref_doc, ref_preds = reference
     out = tmp_path / "results.json"
     pred = tmp_path / "results.predictions.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "absclip.cli.main", *ARGS, "--output", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "absclip", *ARGS, "--output", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

@@ -1,5 +1,6 @@
 """absclip: training-free zero-shot image classification with CLIP-family models (ABS and baselines)."""
 
+from absclip._version import __version__
 from absclip.api import Classifier, load
 from absclip.attention.factory import load_attention
 from absclip.backbones.open_clip import load_clip
@@ -7,8 +8,6 @@ from absclip.core.settings import ABSConfig, WCAConfig
 from absclip.errors import AbsclipError
 from absclip.methods.base import list_methods, register_method
 from absclip.text.classes import ClassList, load_classes
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ABSConfig",

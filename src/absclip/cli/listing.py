@@ -27,9 +27,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     """absclip methods: the registered methods."""
-    from absclip.methods.base import _REGISTRY
+    from absclip.methods import get_method_class, list_methods
 
-    rows = [{"method": n, "description": (c.__doc__ or "").strip().splitlines()[0]} for n, c in _REGISTRY.items()]
+    rows = [{"method": n, "description": (get_method_class(n).__doc__ or "").strip().splitlines()[0]}
+            for n in list_methods()]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

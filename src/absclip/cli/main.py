@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'absclip COMMAND --help' for the options of a command.\n\n" + EPILOG_MODELS,
     )
-    from absclip import __version__
+    from absclip._version import __version__
 
     parser.add_argument("--version", action="version", version=f"absclip {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from absclip import __version__
+from absclip._version import __version__
 from absclip.attention.factory import load_attention
 from absclip.attention.sources import AttentionSource, ClipSelfAttention, HFAttention
 from absclip.backbones.base import resolve_device, resolve_precision
@@ -39,9 +39,10 @@ from absclip.backbones.fused_vit import fused_vit
 from absclip.backbones.open_clip import ClipBackbone, load_clip
 from absclip.core.sampling import ABSDraws
 from absclip.core.settings import ABSConfig, fast_abs_config
+from absclip.core.timer import StageTimer
 from absclip.diagnostics.flops import abs_image_flops, attention_pass_flops, naive_image_flops
 from absclip.diagnostics.naive import naive_abs_logits
-from absclip.diagnostics.timing import StageTimer, peak_rss_mb, reset_peak_rss
+from absclip.diagnostics.timing import peak_rss_mb, reset_peak_rss
 from absclip.errors import AbsclipError
 from absclip.io.images import make_item
 from absclip.io.loader import default_workers, iter_image_batches
@@ -373,7 +374,8 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
         tp = _text_throughput(backbones[dtypes[0]], s.text_sample, max(1, min(m, s.text_sample)))
         text_info.update(tp)
         text_info["bank_encode_s_estimate"] = c * m / tp["batched_per_s"]
-        text_info["note"] = "once per run and cached on disk (absclip.text.encoder.TextEncoder); not part of per-image time"
+        text_info["note"] = ("once per run and cached on disk (absclip.text.encoder.TextEncoder); "
+                             "not part of per-image time")
 
     load_peak = peak_rss_mb()
     if s.warmup:

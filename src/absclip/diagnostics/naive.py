@@ -28,7 +28,7 @@ from absclip.backbones.open_clip import ClipBackbone
 from absclip.core.geometry import abs_geometry, feature_crop_tokens
 from absclip.core.sampling import ABSDraws, image_rng
 from absclip.core.settings import ABSConfig
-from absclip.diagnostics.timing import StageTimer
+from absclip.core.timer import StageTimer
 from absclip.io.images import ImageItem
 from absclip.text.encoder import EncodedBank
 

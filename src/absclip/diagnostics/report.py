@@ -65,7 +65,7 @@ class ReportData:
 def load_report_data(
     doc: dict[str, Any] | str | os.PathLike, predictions: str | os.PathLike | None = None
 ) -> ReportData:
-    """Return :class:`ReportData` from a results document (as :func:`absclip.engines.local.evaluate` returns) or its file.
+    """Return :class:`ReportData` from a results document (:func:`absclip.engines.local.evaluate`) or its file.
 
     Accepts the combined results document and the one-file-per-method shape (a single
     CLIP_benchmark result with ``absclip.core.settings``).

@@ -1,61 +1,11 @@
-"""Stage timers and process memory for the benchmark (no effect on results).
+"""Process memory for the benchmark: peak and current resident set size (no effect on results).
 
-:class:`StageTimer` accumulates wall-clock seconds per named stage; the pipeline calls
-``ctx.timer("stage")`` around its stages, and the default :data:`NULL_TIMER` does nothing."""
+The stage timer the pipeline reports to is :mod:`absclip.core.timer`."""
 
 from __future__ import annotations
 
-import contextlib
 import resource
 import sys
-import time
-from collections.abc import Iterator
-
-
-class StageTimer:
-    """Accumulates wall-clock seconds per stage name (nested stages are counted in both).
-
-    Example:
-        >>> t = StageTimer()
-        >>> with t("decode"):
-        ...     pass
-        >>> sorted(t.seconds)
-        ['decode']
-    """
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.add(stage, time.perf_counter() - start)
-
-    def add(self, stage: str, seconds: float) -> None:
-        """Add ``seconds`` to ``stage``."""
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-        self.calls[stage] = self.calls.get(stage, 0) + 1
-
-    def total(self) -> float:
-        """Return the sum over stages (seconds)."""
-        return sum(self.seconds.values())
-
-
-class _NullTimer(StageTimer):
-    @contextlib.contextmanager
-    def __call__(self, stage: str) -> Iterator[None]:
-        yield
-
-    def add(self, stage: str, seconds: float) -> None:
-        return None
-
-
-#: a timer that records nothing (the default of :class:`absclip.methods.batch.BatchContext`)
-NULL_TIMER: StageTimer = _NullTimer()
 
 
 def _status_kib(field: str) -> int | None:

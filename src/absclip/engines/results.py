@@ -65,7 +65,7 @@ def results_document(
         predictions: where the per-image predictions are.
         seconds / images_this_run / method_seconds: timing of this run.
     """
-    from absclip import __version__
+    from absclip._version import __version__
 
     methods = list(spec["methods"])
     run_id = run_id_for(spec)

@@ -1,31 +1,57 @@
-"""Atomic file writes: a temporary file in the same folder, fsync, then ``os.replace``.
+"""Files absclip writes: atomic writes and the cache root.
 
-A reader (or a process killed mid-write) therefore sees either the old file or the new one,
-never a half-written one."""
+Every file is written to a temporary file in the same folder, synced, then moved over the target
+with ``os.replace``, so a reader (or a process killed mid-write) sees the old file or the new one,
+never a half-written one.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+#: environment variable naming absclip's cache folder (text embeddings, downloaded description sets)
+CACHE_ENV = "ABSCLIP_CACHE_DIR"
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically; return the path."""
+
+def cache_root() -> Path:
+    """Return absclip's cache folder: ``$ABSCLIP_CACHE_DIR`` or ``~/.cache/absclip``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "absclip")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is synced and moved over ``path``.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, p)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return p
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; return the path."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> Path:

@@ -9,10 +9,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from absclip.errors import AbsclipError
 from absclip.io.images import IMAGE_EXTENSIONS
-from absclip.text.classes import ClassList
 
 
 def list_images(directory: str | os.PathLike) -> list[Path]:
@@ -28,6 +28,9 @@ class Sample:
     path: str
     label: int
 
+
+if TYPE_CHECKING:  # pragma: no cover - a class list is any object with len() and index(name)
+    from absclip.text.classes import ClassList
 
 LISTING_NAMES = ("labels.csv", "labels.tsv", "labels.jsonl")  # a folder's own listing
 IMAGE_COLUMNS = ("path", "file", "filepath", "filename", "image", "image_path")

@@ -13,7 +13,7 @@ from absclip.core import scoring, views
 from absclip.core.geometry import abs_geometry, batched_feature_crop_tokens, token_keep_indices
 from absclip.core.sampling import ABSDraws, image_rng
 from absclip.core.settings import ABSConfig, fast_abs_config
-from absclip.diagnostics.timing import NULL_TIMER
+from absclip.core.timer import NULL_TIMER
 from absclip.methods.base import Method, TextInputs, register_method
 from absclip.methods.batch import BatchContext
 from absclip.text.encoder import TextEncoder

@@ -19,7 +19,7 @@ import torch
 from absclip.attention.sources import AttentionSource, ClipSelfAttention
 from absclip.backbones.open_clip import ClipBackbone
 from absclip.core import views
-from absclip.diagnostics.timing import NULL_TIMER, StageTimer
+from absclip.core.timer import NULL_TIMER, StageTimer
 from absclip.io.images import ImageItem
 
 

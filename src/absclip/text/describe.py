@@ -183,7 +183,7 @@ class ChatClient:
             return d / 2 + self._rng.uniform(0, d / 2)  # "equal jitter"
 
     def _headers(self) -> dict[str, str]:
-        from absclip import __version__
+        from absclip._version import __version__
 
         h = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": f"absclip/{__version__}"}
         if self._api_key:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from absclip.io.files import atomic_path, cache_root
 from absclip.text.banks import texts_digest
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
-    """Return ``$ABSCLIP_CACHE_DIR`` or ``~/.cache/absclip``."""
-    return Path(os.environ.get("ABSCLIP_CACHE_DIR") or Path.home() / ".cache" / "absclip")
+    """Return the text-embedding cache: ``<cache root>/text`` (:func:`absclip.io.files.cache_root`)."""
+    return cache_root() / "text"
 
 
 @dataclass
@@ -49,7 +50,7 @@ class TextEncoder:
         self.backbone = backbone
         self.batch_size = batch_size
         self.use_cache = use_cache
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "text"
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self._memo: dict[str, torch.Tensor] = {}
         self.encoded_count = 0  # texts actually run through the text tower (for tests)
 
@@ -116,9 +117,7 @@ class TextEncoder:
             return
         p = self._path(key)
         try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"key": key, "emb": emb.contiguous()}, tmp)
-            os.replace(tmp, p)
+            with atomic_path(p) as tmp:
+                torch.save({"key": key, "emb": emb.contiguous()}, tmp)
         except OSError as e:
             log.warning("Could not write the text-embedding cache at %s (%s).", p, e)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from absclip.errors import AbsclipError
+from absclip.io.files import atomic_write_bytes, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +336,7 @@ def get_set(spec: str) -> DescriptionSet:
 
 def default_cache_dir() -> Path:
     """Return the download cache: ``$ABSCLIP_CACHE_DIR/descriptions`` or ``~/.cache/absclip/descriptions``."""
-    return Path(os.environ.get("ABSCLIP_CACHE_DIR") or Path.home() / ".cache" / "absclip") / "descriptions"
+    return cache_root() / "descriptions"
 
 
 def local_dir(descriptions_dir: str | os.PathLike | None = None) -> Path | None:
@@ -432,7 +433,7 @@ def resolve(spec: str, *, descriptions_dir: str | os.PathLike | None = None,
 def _download(entry: DescriptionSet, target: Path, where: str) -> None:
     url = entry.url
     log.info("Downloading %s from %s", entry.name, url)
-    from absclip import __version__
+    from absclip._version import __version__
 
     req = urllib.request.Request(url, headers={"User-Agent": f"absclip/{__version__}"})
     try:
@@ -446,12 +447,8 @@ def _download(entry: DescriptionSet, target: Path, where: str) -> None:
     if got != entry.sha256:
         raise AbsclipError(f"The download of {entry.name} from {url} does not match its recorded sha256 (expected "
                            f"{entry.sha256[:12]}…, got {got[:12]}…); refusing to use it.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        atomic_write_bytes(target, data)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise AbsclipError(f"Could not write {target} ({e.strerror}); set ABSCLIP_CACHE_DIR to a writable "
                            "folder.") from e

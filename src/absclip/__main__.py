@@ -1,0 +1,7 @@
+"""``python -m absclip``: the command line."""
+
+import sys
+
+from absclip.cli.main import main
+
+sys.exit(main())
