@@ -22,7 +22,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "absclip"
 
 #: top to bottom; a package may import the packages on the layers below its own
 LAYERS: list[set[str]] = [
-    {"(root)"},  # absclip/__init__.py: the public face
+    {"(root)", "__main__"},  # absclip/__init__.py: the public face; python -m absclip
     {"cli"},
     {"engines", "diagnostics"},
     {"api"},
