@@ -1,4 +1,4 @@
-"""Loading weights safely: checkpoint reading without code execution, file digests, download hints and offline errors."""
+"""Loading weights safely: checkpoint reading without code execution, file digests, download hints, offline errors."""
 
 from __future__ import annotations
 
