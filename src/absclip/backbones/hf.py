@@ -130,6 +130,17 @@ class HFClipBackbone(Backbone):
         return self.forward_from(x, 0)
 
     @torch.inference_mode()
+    def encode_images_dropped(self, pixels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Return normalised embeddings ``[B, D]`` keeping only patches ``keep`` ``[B, k]`` (token dropping).
+
+        Patches are dropped after the patch and positional embedding, as in the open_clip adapter.
+        """
+        x = self.model.vision_model.embeddings(pixels.to(self.device, self.dtype))  # [B, 1 + N, width]
+        idx = keep.to(x.device).unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        x = torch.cat([x[:, :1], torch.gather(x[:, 1:], 1, idx)], dim=1)
+        return self.forward_from(self.model.vision_model.pre_layrnorm(x), 0)
+
+    @torch.inference_mode()
     def tokens_before(self, pixels: torch.Tensor, layer: int) -> torch.Tensor:
         """Return the tokens entering block ``layer``: ``[B, 1 + rows*cols, width]`` after ``pre_layrnorm``."""
         idx = self.block_index(layer)
