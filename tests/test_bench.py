@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from absclip import ABSConfig
-from absclip.backbones.base import BackboneFacts
-from absclip.backbones.fused_vit import OneDNNLinear, _onednn_usable, vit_flops
+from absclip.backbones.base import BackboneFacts, tower_flops, vit_flops
+from absclip.backbones.fused_vit import OneDNNLinear, _onednn_usable
 from absclip.cli.main import main
 from absclip.core import views
 from absclip.core.geometry import feature_crop_tokens
 from absclip.core.settings import fast_abs_config
 from absclip.core.timer import StageTimer
-from absclip.diagnostics.bench import STAGES, cast_backbone, synthetic_bank
+from absclip.diagnostics.bench import STAGES, synthetic_bank
 from absclip.diagnostics.flops import abs_image_flops
 from absclip.diagnostics.naive import naive_abs_logits
 from absclip.diagnostics.timing import peak_rss_mb
@@ -69,15 +69,14 @@ def test_optimised_path_equals_reference_pipeline(backbone, dino, bank, referenc
 
 def test_fused_vit_matches_open_clip_modules(backbone, golden_items):
     px = torch.stack([backbone.preprocess(it.image) for it in golden_items])
-    assert backbone.fused is not None and backbone.use_fused
+    assert backbone.fused_path
     fused = (backbone.encode_images(px), backbone.tokens_before(px, -1))
     fused_tail = backbone.forward_from(fused[1], -1)
-    backbone.use_fused = False
-    try:
-        plain = (backbone.encode_images(px), backbone.tokens_before(px, -1))
-        plain_tail = backbone.forward_from(plain[1], -1)
-    finally:
-        backbone.use_fused = True
+    unfused = backbone.unfused()
+    assert not unfused.fused_path and backbone.fused_path  # a second adapter: the shared one is unchanged
+    assert unfused.model is backbone.model  # over the same weights
+    plain = (unfused.encode_images(px), unfused.tokens_before(px, -1))
+    plain_tail = unfused.forward_from(plain[1], -1)
     assert (fused[0] - plain[0]).abs().max() <= 1e-5
     assert (fused[1] - plain[1]).abs().max() <= 1e-4
     assert (fused_tail - plain_tail).abs().max() <= 1e-5
@@ -108,7 +107,7 @@ def test_onednn_linear_is_f_linear(monkeypatch):
 
 def test_fused_vit_with_and_without_onednn(backbone, golden_items):
     px = torch.stack([backbone.preprocess(it.image) for it in golden_items])
-    fused = backbone.fused
+    fused = backbone._fused
     assert fused.linear.enabled
     with_onednn = backbone.encode_images(px)
     fused.linear.enabled = False
@@ -126,9 +125,9 @@ def test_default_view_batch():
 
 def test_bf16_stays_within_its_documented_tolerance(backbone, dino, bank, reference):
     """bf16 weights (docs/benchmarks.md): same crops, logits within 2% of the logit range, no NaN; fp32 untouched."""
-    bf16 = cast_backbone(backbone, torch.bfloat16)
+    bf16 = backbone.cast(torch.bfloat16)
     assert bf16.dtype == torch.bfloat16 and backbone.dtype == torch.float32
-    assert bf16.fused is not None and bf16.fused is not backbone.fused
+    assert bf16.fused_path and bf16._fused is not backbone._fused
     logits, _ = optimised_logits(bf16, dino, bank, SMALL, batch_size=2, workers=0)
     diff = (logits.float() - reference).abs().max()
     assert torch.isfinite(logits).all() and 0 < diff <= 0.02 * reference.abs().max()
@@ -206,10 +205,9 @@ def test_crop_token_cells_cover_the_seen_square():
 def test_flop_estimates():
     # ViT-B/16 at 224: 17.6 GMACs per image
     assert vit_flops(197, 768, 12, 3072, patch_dim=768, patches=196, out_dim=512) == pytest.approx(35.1e9, rel=0.01)
-    resblock = SimpleNamespace(mlp=SimpleNamespace(c_fc=SimpleNamespace(out_features=3072)))
-    bb = SimpleNamespace(facts=BackboneFacts((224, 224), (16, 16), (14, 14), 12, 768, 512),
-                         model=SimpleNamespace(visual=SimpleNamespace(transformer=SimpleNamespace(
-                             resblocks=[resblock]))),
+    facts = BackboneFacts((224, 224), (16, 16), (14, 14), 12, 768, 512, heads=12, mlp_width=3072)
+    assert tower_flops(facts)["full"] == pytest.approx(35.1e9, rel=0.01)
+    bb = SimpleNamespace(facts=facts, tower_flops=lambda: tower_flops(facts),
                          block_index=lambda layer: layer + 12 if layer < 0 else layer)
     faithful = abs_image_flops(bb, ABSConfig(), 50, fused=True)
     fast = abs_image_flops(bb, fast_abs_config(ABSConfig()), 50, fused=True)

@@ -13,7 +13,6 @@ from absclip import ABSConfig, Classifier, load_attention
 from absclip.attention.layered import ClipLayeredAttention, HFLayeredAttention
 from absclip.attention.maps import robust_outliers, rollout, sink_tokens, suppress_sinks, text_similarity_map
 from absclip.attention.sources import HFAttention
-from absclip.backbones.open_clip_maps import clip_block_attention
 from absclip.cli.main import main
 from absclip.core import scoring
 from absclip.diagnostics.explain import clip_input_region, explain, heatmap_overlay
@@ -199,7 +198,7 @@ def test_layered_sources_agree_with_the_default_sources(backbone, dino, golden_i
     torch.testing.assert_close(plain.heads(images), dino.heads(images))
     px = torch.stack([backbone.preprocess(im) for im in images])
     tokens = backbone.tokens_before(px, -1)
-    full = clip_block_attention(backbone.model.visual.transformer.resblocks[-1], tokens)
+    full = backbone.block_attentions(px, -1)[0][-1]
     torch.testing.assert_close(full[:, :, 0, 1:], backbone.cls_attention(tokens, -1).float())
     torch.testing.assert_close(full.sum(-1), torch.ones(full.shape[:-1]))
     clip = ClipLayeredAttention(backbone, rollout="max", sink_threshold=3.0)

@@ -38,10 +38,14 @@ def _convert(sd: dict, prefix_oc: str, prefix_hf: str, layers: int) -> dict:
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     """Write the golden OpenAI-format tiny CLIP as a transformers CLIPModel directory."""
+    return write_hf_clip(tmp_path_factory.mktemp("hf-clip"))
+
+
+def write_hf_clip(d):
+    """Write the golden tiny CLIP (open_clip weights) to directory ``d`` as a transformers CLIPModel; return ``d``."""
     from open_clip.tokenizer import SimpleTokenizer
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-    d = tmp_path_factory.mktemp("hf-clip")
     sd = {k: v.float() for k, v in torch.load(CLIP_WEIGHTS, weights_only=True).items()}
     cfg = CLIPConfig(
         text_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=1,

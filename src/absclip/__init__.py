@@ -3,7 +3,7 @@
 from absclip._version import __version__
 from absclip.api import Classifier, load
 from absclip.attention.factory import load_attention
-from absclip.backbones.open_clip import load_clip
+from absclip.backbones.registry import load_clip
 from absclip.core.settings import ABSConfig, WCAConfig
 from absclip.errors import AbsclipError
 from absclip.methods.base import list_methods, register_method

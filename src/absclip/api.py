@@ -19,7 +19,8 @@ from PIL import Image
 
 from absclip.attention.factory import load_attention
 from absclip.attention.sources import AttentionSource
-from absclip.backbones.open_clip import ClipBackbone, load_clip
+from absclip.backbones.open_clip import ClipBackbone
+from absclip.backbones.registry import load_clip
 from absclip.core.settings import ABSConfig, WCAConfig
 from absclip.errors import AbsclipError
 from absclip.io.images import ImageItem, make_item
@@ -269,8 +270,7 @@ class Classifier:
     @property
     def logit_scale(self) -> float:
         """The CLIP model's learned logit scale (exp), used to turn cosine logits into probabilities."""
-        ls = getattr(self.backbone.model, "logit_scale", None)
-        return float(ls.exp()) if isinstance(ls, torch.Tensor) else 100.0
+        return self.backbone.logit_scale
 
 
 def _as_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:

@@ -7,14 +7,13 @@ import logging
 import torch
 
 from absclip.attention.sources import AttentionSource, ClipSelfAttention, HFAttention
-from absclip.backbones.base import resolve_device
-from absclip.backbones.open_clip import ClipBackbone
+from absclip.backbones.base import Backbone, resolve_device
 
 log = logging.getLogger(__name__)
 
 
 def load_attention(
-    spec: str | None, backbone: ClipBackbone, *, device: str | torch.device | None = "cpu", layer: int = -1,
+    spec: str | None, backbone: Backbone, *, device: str | torch.device | None = "cpu", layer: int = -1,
     rollout: str | None = None, sink_threshold: float | None = None,
 ) -> AttentionSource:
     """Return the attention source for ``spec``: an HF name or local dir (default DINO ViT-B/16), or ``clip``.

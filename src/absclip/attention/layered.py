@@ -27,8 +27,7 @@ from PIL import Image
 
 from absclip.attention.maps import HEAD_FUSIONS, incoming_attention, rollout, sink_tokens, suppress_sinks
 from absclip.attention.sources import AttentionSource, ClipSelfAttention, HFAttention
-from absclip.backbones.open_clip import ClipBackbone
-from absclip.backbones.open_clip_maps import clip_layers
+from absclip.backbones.base import Backbone
 from absclip.errors import AbsclipError
 
 log = logging.getLogger(__name__)
@@ -133,9 +132,9 @@ class ClipLayeredAttention(LayeredAttention):
 
     kind = "CLIP self-attention"
 
-    def __init__(self, backbone: ClipBackbone, *, layer: int = -1, rollout: str | None = None,
+    def __init__(self, backbone: Backbone, *, layer: int = -1, rollout: str | None = None,
                  sink_threshold: float | None = None) -> None:
-        backbone._require_tokens("CLIP self-attention")
+        backbone.require_tokens("CLIP attention maps")
         super().__init__(layer=layer, rollout=rollout, sink_threshold=sink_threshold)
         self.backbone = backbone
         self.grid = backbone.facts.grid
@@ -144,12 +143,12 @@ class ClipLayeredAttention(LayeredAttention):
 
     def layers(self, images: list[Image.Image]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         px = torch.stack([self.backbone.preprocess(im) for im in images])
-        return clip_layers(self.backbone, px, self.layer)
+        return self.backbone.block_attentions(px, self.layer)
 
 
 def layered_attention(
     source: AttentionSource | str,
-    backbone: ClipBackbone,
+    backbone: Backbone,
     *,
     device: torch.device | None = None,
     layer: int = -1,

@@ -21,9 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from absclip.backbones.base import attention_probs
+from absclip.backbones.base import Backbone, attention_probs, vit_flops
 from absclip.backbones.hub import dir_digest, download_hint, is_network_error
-from absclip.backbones.open_clip import ClipBackbone
 from absclip.errors import AbsclipError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -99,6 +98,13 @@ class HFAttention(AttentionSource):
             raise AbsclipError(f"Attention layer {layer} is out of range for a {self.num_layers}-layer model.")
         weights = dir_digest(name_or_path) if local else name_or_path
         self.identity = f"hf-attn:{weights}|layer={layer}"
+
+    def pass_flops(self) -> float:
+        """Return the multiply-add FLOPs of one pass of the model on one image (:func:`vit_flops`)."""
+        c = self.model.config
+        t = 1 + self.grid[0] * self.grid[1]
+        return vit_flops(t, int(c.hidden_size), int(c.num_hidden_layers), int(c.intermediate_size),
+                         patch_dim=3 * int(c.patch_size) ** 2, patches=t - 1)
 
     def pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
         """Return the model input ``[B, 3, H, W]``: PIL resize (squash), /255, (x-mean)/std."""
@@ -187,8 +193,8 @@ def _read_preprocessor(name_or_path: str) -> dict[str, Any]:
 class ClipSelfAttention(AttentionSource):
     """The CLIP model's own CLS→patch attention (last block by default): no second model needed."""
 
-    def __init__(self, backbone: ClipBackbone, layer: int = -1) -> None:
-        backbone._require_tokens("CLIP self-attention")
+    def __init__(self, backbone: Backbone, layer: int = -1) -> None:
+        backbone.require_tokens("CLIP attention maps")
         self.backbone = backbone
         self.layer = layer
         self.grid = backbone.facts.grid

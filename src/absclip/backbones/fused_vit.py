@@ -224,35 +224,3 @@ def fused_vit(visual: nn.Module) -> FusedViT | None:
         log.debug("fused ViT path not used for %s: %s", type(visual).__name__, reason)
         return None
     return FusedViT(visual)
-
-
-def vit_flops(
-    tokens: int,
-    width: int,
-    blocks: int,
-    mlp_width: int,
-    *,
-    patch_dim: int = 0,
-    patches: int = 0,
-    cls_last: bool = False,
-    out_dim: int = 0,
-) -> float:
-    """Return the multiply-add FLOPs (2 per MAC) of a ViT forward on ``tokens`` tokens.
-
-    Counts the matrix products (patch embedding, q/k/v, attention scores and values, output
-    projection, MLP, final projection); norms, activations and softmax are ignored (<2%).
-
-    Args:
-        tokens: tokens per sequence (CLS included).
-        width: token width; mlp_width: hidden width of the MLP; blocks: blocks run.
-        patch_dim / patches: ``3*p*p`` and the number of embedded patches (0 to skip the embedding).
-        cls_last: the last block runs for the CLS query only (:meth:`FusedViT.block_cls`).
-        out_dim: projection output size (0 to skip).
-    """
-    t, w = tokens, width
-    full = 2 * (t * w * 3 * w + 2 * t * t * w + t * w * w + 2 * t * w * mlp_width)
-    cls = 2 * (t * w * 2 * w + w * w + 2 * t * w + w * w + 2 * w * mlp_width)
-    n_full = blocks - 1 if cls_last and blocks > 0 else blocks
-    flops = n_full * full + (cls if cls_last and blocks > 0 else 0)
-    flops += 2 * patches * patch_dim * w + 2 * w * out_dim
-    return float(flops)

@@ -1,12 +1,13 @@
-"""Adapter for Hugging Face ``transformers`` CLIP models (``CLIPModel``), with the same contract as
-:class:`absclip.backbones.open_clip.ClipBackbone`: preprocess, tokenizer, image/text encoders, the tokens entering a
-block, finishing from a block, and explicit CLS attention.
+"""Adapter for Hugging Face ``transformers`` CLIP models (``CLIPModel``) behind the
+:class:`~absclip.backbones.base.Backbone` protocol: preprocess, tokenizer, image/text encoders, the tokens
+entering a block, finishing from a block, explicit attention (CLS row and all blocks) and patch embeddings.
 
 Names: ``--model hf:openai/clip-vit-base-patch16`` (hub name or local directory), or a local
 directory saved with ``save_pretrained`` whose ``config.json`` says ``"model_type": "clip"``."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -16,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from absclip.backbones.base import BackboneFacts, attention_probs
+from absclip.backbones.base import Backbone, BackboneFacts, LoadRequest, attention_probs
 from absclip.backbones.hub import dir_digest, download_hint, is_network_error
-from absclip.backbones.open_clip import ClipBackbone
 from absclip.errors import AbsclipError, WeightsUnavailableError
 
 HF_PREFIX = "hf:"
@@ -58,12 +58,13 @@ class _Tokenizer:
         return enc["input_ids"]
 
 
-class HFClipBackbone(ClipBackbone):
-    """A transformers ``CLIPModel`` behind the :class:`ClipBackbone` interface (tokens are batch-first)."""
+class HFClipBackbone(Backbone):
+    """A transformers ``CLIPModel`` behind the :class:`~absclip.backbones.base.Backbone` protocol (batch-first)."""
 
     def __init__(self, model: Any, processor: Any, tokenizer: Any, *, name: str, identity: str,
                  device: torch.device, dtype: torch.dtype) -> None:
         self.model = model.eval().requires_grad_(False)
+        self.processor = processor
         self.preprocess = _Preprocess(processor)
         vcfg = model.config.vision_config
         tcfg = model.config.text_config
@@ -76,7 +77,26 @@ class HFClipBackbone(ClipBackbone):
         self.has_tokens = True
         size, patch = int(vcfg.image_size), int(vcfg.patch_size)
         self.facts = BackboneFacts((size, size), (patch, patch), (size // patch, size // patch),
-                                   int(vcfg.num_hidden_layers), int(vcfg.hidden_size), int(model.config.projection_dim))
+                                   int(vcfg.num_hidden_layers), int(vcfg.hidden_size), int(model.config.projection_dim),
+                                   int(vcfg.num_attention_heads), int(vcfg.intermediate_size))
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned logit scale (exp)."""
+        return float(self.model.logit_scale.exp())
+
+    def cast(self, dtype: torch.dtype, *, inplace: bool = False) -> HFClipBackbone:
+        """Return this backbone with its model cast to ``dtype`` (a copy unless ``inplace``)."""
+        if dtype == self.dtype:
+            return self
+        if inplace:
+            self.model.to(dtype)
+            self.dtype = dtype
+            return self
+        new = copy.copy(self)
+        new.model = copy.deepcopy(self.model).to(dtype)
+        new.dtype = dtype
+        return new
 
     @property
     def _layers(self) -> Any:
@@ -87,9 +107,21 @@ class HFClipBackbone(ClipBackbone):
         out = layer(x, None)
         return out[0] if isinstance(out, tuple) else out
 
-    def _project(self, cls: torch.Tensor) -> torch.Tensor:
-        pooled = self.model.vision_model.post_layernorm(cls)
+    def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        vm = self.model.vision_model
+        return vm.pre_layrnorm(vm.embeddings(pixels.to(self.device, self.dtype)))
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """``post_layernorm`` and the visual projection of tokens ``[..., width]``; normalised fp32."""
+        pooled = self.model.vision_model.post_layernorm(x)
         return F.normalize(self.model.visual_projection(pooled).float(), dim=-1)
+
+    def _qk(self, blk: Any, tokens: torch.Tensor, cls_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        attn = blk.self_attn
+        h = blk.layer_norm1(tokens.to(self.device, self.dtype)).float()
+        q = F.linear(h[:, :1] if cls_only else h, attn.q_proj.weight.float(), attn.q_proj.bias.float())
+        k = F.linear(h, attn.k_proj.weight.float(), attn.k_proj.bias.float())
+        return q, k
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -98,11 +130,21 @@ class HFClipBackbone(ClipBackbone):
         return self.forward_from(x, 0)
 
     @torch.inference_mode()
+    def encode_images_dropped(self, pixels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Return normalised embeddings ``[B, D]`` keeping only patches ``keep`` ``[B, k]`` (token dropping).
+
+        Patches are dropped after the patch and positional embedding, as in the open_clip adapter.
+        """
+        x = self.model.vision_model.embeddings(pixels.to(self.device, self.dtype))  # [B, 1 + N, width]
+        idx = keep.to(x.device).unsqueeze(-1).expand(-1, -1, x.shape[-1])
+        x = torch.cat([x[:, :1], torch.gather(x[:, 1:], 1, idx)], dim=1)
+        return self.forward_from(self.model.vision_model.pre_layrnorm(x), 0)
+
+    @torch.inference_mode()
     def tokens_before(self, pixels: torch.Tensor, layer: int) -> torch.Tensor:
         """Return the tokens entering block ``layer``: ``[B, 1 + rows*cols, width]`` after ``pre_layrnorm``."""
         idx = self.block_index(layer)
-        vm = self.model.vision_model
-        x = vm.pre_layrnorm(vm.embeddings(pixels.to(self.device, self.dtype)))
+        x = self._embed(pixels)
         for blk in self._layers[:idx]:
             x = self._run(blk, x)
         return x
@@ -119,13 +161,29 @@ class HFClipBackbone(ClipBackbone):
     @torch.inference_mode()
     def cls_attention(self, tokens: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """Return CLS→patch attention ``[B, heads, rows*cols]`` of block ``layer``, recomputed from q and k."""
-        blk = self._layers[self.block_index(layer)]
-        attn = blk.self_attn
-        h = blk.layer_norm1(tokens.to(self.device, self.dtype)).float()
-        q = F.linear(h[:, :1], attn.q_proj.weight.float(), attn.q_proj.bias.float())
-        k = F.linear(h, attn.k_proj.weight.float(), attn.k_proj.bias.float())
-        heads = int(self.model.config.vision_config.num_attention_heads)
-        return attention_probs(q, k, heads)[:, :, 0, 1:]
+        q, k = self._qk(self._layers[self.block_index(layer)], tokens, cls_only=True)
+        return attention_probs(q, k, self.facts.heads)[:, :, 0, 1:]
+
+    @torch.inference_mode()
+    def block_attentions(self, pixels: torch.Tensor, last: int = -1) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Return ``(attentions, outputs)`` of blocks ``0 .. last`` (see :meth:`Backbone.block_attentions`)."""
+        idx = self.block_index(last)
+        x = self._embed(pixels)
+        attentions, outputs = [], []
+        for blk in self._layers[: idx + 1]:
+            q, k = self._qk(blk, x, cls_only=False)
+            attentions.append(attention_probs(q, k, self.facts.heads).cpu())
+            x = self._run(blk, x)
+            outputs.append(x.float().cpu())
+        return attentions, outputs
+
+    @torch.inference_mode()
+    def patch_embeddings(self, tokens: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        """Return normalised patch embeddings ``[B, rows*cols, D]`` (fp32, CPU): blocks ``layer ..``, norm, proj."""
+        x = tokens.to(self.device, self.dtype)
+        for blk in self._layers[self.block_index(layer):]:
+            x = self._run(blk, x)
+        return self._project(x[:, 1:]).cpu()
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
@@ -138,12 +196,18 @@ class HFClipBackbone(ClipBackbone):
         return torch.cat(out) if out else torch.zeros(0, self.facts.embed_dim)
 
 
-def load_hf_clip(name: str, *, device: torch.device, dtype: torch.dtype) -> HFClipBackbone:
+def is_hf_clip(request: LoadRequest) -> bool:
+    """Registry predicate: ``hf:NAME_OR_DIR`` or a ``save_pretrained`` directory of a transformers CLIP model."""
+    return request.model.startswith(HF_PREFIX) or is_hf_clip_dir(request.model)
+
+
+def load_hf_clip(request: LoadRequest) -> HFClipBackbone:
     """Return an :class:`HFClipBackbone` for a hub name or local directory (``hf:`` prefix optional)."""
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    name, device, dtype = request.model, request.device, request.dtype
     src = name[len(HF_PREFIX):] if name.startswith(HF_PREFIX) else name
     local = os.path.isdir(src)
     try:

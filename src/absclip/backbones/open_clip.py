@@ -1,4 +1,5 @@
-"""CLIP backbone adapters (open_clip models, checkpoints, OpenAI files, hub repos): :func:`load_clip`.
+"""The open_clip adapter (:class:`ClipBackbone`) and its loaders (open_clip names and tags, JSON configs,
+checkpoints, OpenAI files, hub repos), chosen by :func:`absclip.backbones.registry.load_clip`.
 
 Adapters carry their own facts (grid size, patch size, input size, number of blocks, identity
 for caches), so that the rest of absclip never compares model-name strings or hard-codes
@@ -10,6 +11,7 @@ CLIP attention is read by explicit recomputation of ``softmax(q k^T / sqrt(d))``
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import logging
@@ -22,7 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from absclip.backbones.base import BackboneFacts, attention_probs, resolve_device, resolve_precision
+from absclip.backbones.base import Backbone, BackboneFacts, LoadRequest, attention_probs
+from absclip.backbones.fused_vit import FusedViT, fused_vit
 from absclip.backbones.hub import download_hint, file_digest, is_network_error, quiet_root_logging, safe_load_state_dict
 from absclip.errors import AbsclipError, WeightsUnavailableError
 
@@ -33,16 +36,14 @@ def _is_openai_state_dict(sd: dict[str, torch.Tensor]) -> bool:
     return "visual.conv1.weight" in sd and "text_projection" in sd and "token_embedding.weight" in sd
 
 
-class ClipBackbone:
-    """An open_clip model plus the operations ABS needs, with explicit device and dtype.
+class ClipBackbone(Backbone):
+    """An open_clip model behind the :class:`~absclip.backbones.base.Backbone` protocol.
 
-    Image-side methods take preprocessed pixels ``[B, 3, H, W]`` and return L2-normalised fp32
-    embeddings ``[B, D]``. Token-level methods (feature crops, CLS attention) need an open_clip
+    Token-level methods (feature crops, CLS attention, attention maps) need an open_clip
     ``VisionTransformer`` tower; other towers (timm, ResNet) support pixel crops and baselines.
+    Plain ViT towers run the fused forward of :mod:`absclip.backbones.fused_vit`;
+    :meth:`unfused` gives an adapter over the same weights running open_clip's own modules.
     """
-
-    fused: Any = None  # a vit_fast.FusedViT when the tower qualifies (set in __init__)
-    use_fused: bool = False
 
     def __init__(
         self,
@@ -66,49 +67,91 @@ class ClipBackbone:
         self.dtype = dtype
         visual = model.visual
         self.has_tokens = all(hasattr(visual, a) for a in ("_embeds", "transformer", "_pool", "proj"))
+        heads = mlp = 0
         if self.has_tokens:
             grid = tuple(visual.grid_size)
             blocks = len(visual.transformer.resblocks)
             width = visual.transformer.width
             image_size = tuple(visual.image_size)
             patch = tuple(visual.patch_size)
+            first = visual.transformer.resblocks[0] if blocks else None
+            attn = getattr(first, "attn", None)
+            heads = int(getattr(attn, "num_heads", 0) or 0)
+            fc = getattr(getattr(first, "mlp", None), "c_fc", None)
+            mlp = int(fc.out_features) if isinstance(fc, torch.nn.Linear) else 0
         else:
             size = getattr(visual, "image_size", 224)
             image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
             grid, blocks, width, patch = (0, 0), 0, 0, (0, 0)
         embed_dim = int(model.text_projection.shape[-1]) if getattr(model, "text_projection", None) is not None \
             else int(getattr(visual, "output_dim", 0))
-        self.facts = BackboneFacts(image_size, patch, grid, blocks, width, embed_dim)
-        from absclip.backbones.fused_vit import fused_vit
-
+        self.facts = BackboneFacts(image_size, patch, grid, blocks, width, embed_dim, heads, mlp)
         #: fused forward (SDPA, CLS-only last block; :mod:`absclip.backbones.fused_vit`) when the tower qualifies
-        self.fused = fused_vit(visual) if self.has_tokens else None
-        #: set False to run open_clip's own modules (the benchmark's reference-style pipeline does)
-        self.use_fused = self.fused is not None
+        self._fused: FusedViT | None = fused_vit(visual) if self.has_tokens else None
 
-    # -- helpers ---------------------------------------------------------------------------
-    def _require_tokens(self, what: str) -> None:
-        if not self.has_tokens:
+    # -- protocol: model-level facts and variants -----------------------------------------------
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned logit scale (exp); 100 when the model has none."""
+        ls = getattr(self.model, "logit_scale", None)
+        return float(ls.exp()) if isinstance(ls, torch.Tensor) else 100.0
+
+    @property
+    def fused_path(self) -> bool:
+        """Whether image encoding runs the fused ViT forward (CLS-only last block)."""
+        return self._fused is not None
+
+    def unfused(self) -> ClipBackbone:
+        """Return an adapter over the same model that runs open_clip's own modules (``self`` is unchanged)."""
+        if self._fused is None:
+            return self
+        new = copy.copy(self)
+        new._fused = None
+        return new
+
+    def cast(self, dtype: torch.dtype, *, inplace: bool = False) -> ClipBackbone:
+        """Return this backbone with its model cast to ``dtype`` (a copy unless ``inplace``)."""
+        if dtype == self.dtype:
+            return self
+        if inplace:
+            self.model.to(dtype)
+            self.dtype = dtype
+            return self
+        new = copy.copy(self)
+        new.model = copy.deepcopy(self.model).to(dtype)
+        new.dtype = dtype
+        if self._fused is not None:
+            new._fused = fused_vit(new.model.visual)
+        return new
+
+    def _blocks(self) -> Any:
+        return self.model.visual.transformer.resblocks
+
+    def _run_block(self, blk: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Run one open_clip block on batch-first ``x`` (whatever the transformer's layout)."""
+        if self.model.visual.transformer.batch_first:
+            return blk(x)
+        return blk(x.transpose(0, 1)).transpose(0, 1)
+
+    def _block_qk(self, blk: torch.nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Return fp32 ``(q, k, heads)`` of one block for its batch-first input ``tokens``."""
+        attn = getattr(blk, "attn", None)
+        if not isinstance(attn, torch.nn.MultiheadAttention) or attn.in_proj_weight is None:
             raise AbsclipError(
-                f"{what} needs an open_clip VisionTransformer image tower, but {self.name} has "
-                f"{type(self.model.visual).__name__}; use --feature-crops 0 and --attention-model dino."
+                f"CLIP attention maps need blocks with a standard multi-head attention; {self.name} has none."
             )
-
-    def block_index(self, layer: int) -> int:
-        """Return the non-negative block index for ``layer`` (negative counts from the end), range-checked."""
-        n = self.facts.num_blocks
-        idx = layer + n if layer < 0 else layer
-        if not 0 <= idx < n:
-            raise AbsclipError(f"Block index {layer} is out of range for a {n}-block image tower.")
-        return idx
+        x = blk.ln_1(tokens.to(self.device, self.dtype)).float()
+        bias = attn.in_proj_bias.float() if attn.in_proj_bias is not None else None
+        q, k, _ = F.linear(x, attn.in_proj_weight.float(), bias).chunk(3, dim=-1)  # [B, T, width] each
+        return q, k, attn.num_heads
 
     # -- image side ------------------------------------------------------------------------
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Return normalised image embeddings ``[B, D]`` (fp32) for preprocessed pixels ``[B, 3, H, W]``."""
         x = pixels.to(self.device, self.dtype)
-        if self.use_fused and self.fused is not None:
-            return F.normalize(self.fused.encode(x).float(), dim=-1)
+        if self._fused is not None:
+            return F.normalize(self._fused.encode(x).float(), dim=-1)
         return F.normalize(self.model.encode_image(x).float(), dim=-1)
 
     @torch.inference_mode()
@@ -118,9 +161,9 @@ class ClipBackbone:
         Patches are dropped after the patch and positional embedding; this changes results and
         is used only by ABS's opt-in fast mode. Needs the fused ViT path.
         """
-        if self.fused is None:
+        if self._fused is None:
             raise AbsclipError(f"Token dropping needs a plain open_clip ViT image tower; {self.name} has none.")
-        return F.normalize(self.fused.encode(pixels.to(self.device, self.dtype), keep).float(), dim=-1)
+        return F.normalize(self._fused.encode(pixels.to(self.device, self.dtype), keep).float(), dim=-1)
 
     @torch.inference_mode()
     def tokens_before(self, pixels: torch.Tensor, layer: int) -> torch.Tensor:
@@ -128,34 +171,26 @@ class ClipBackbone:
 
         That is patch + positional embedding, ``ln_pre`` and blocks ``0 .. layer-1``.
         """
-        self._require_tokens("Feature-space crops")
-        visual = self.model.visual
+        self.require_tokens("feature crops")
         idx = self.block_index(layer)
-        if self.use_fused and self.fused is not None:
-            return self.fused.run_blocks(self.fused.embed(pixels.to(self.device, self.dtype)), 0, idx)
-        x = visual._embeds(pixels.to(self.device, self.dtype))
-        if not visual.transformer.batch_first:
-            x = x.transpose(0, 1)
-        for blk in visual.transformer.resblocks[:idx]:
-            x = blk(x)
-        if not visual.transformer.batch_first:
-            x = x.transpose(0, 1)
+        if self._fused is not None:
+            return self._fused.run_blocks(self._fused.embed(pixels.to(self.device, self.dtype)), 0, idx)
+        x = self.model.visual._embeds(pixels.to(self.device, self.dtype))
+        for blk in self._blocks()[:idx]:
+            x = self._run_block(blk, x)
         return x
 
     @torch.inference_mode()
     def forward_from(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
         """Run blocks ``layer ..`` on ``tokens`` ``[B, T, width]``, pool, project; return normalised ``[B, D]``."""
+        self.require_tokens("feature crops")
         visual = self.model.visual
         idx = self.block_index(layer)
         x = tokens.to(self.device, self.dtype)
-        if self.use_fused and self.fused is not None:
-            return F.normalize(self.fused.forward_from(x, idx).float(), dim=-1)
-        if not visual.transformer.batch_first:
-            x = x.transpose(0, 1)
-        for blk in visual.transformer.resblocks[idx:]:
-            x = blk(x)
-        if not visual.transformer.batch_first:
-            x = x.transpose(0, 1)
+        if self._fused is not None:
+            return F.normalize(self._fused.forward_from(x, idx).float(), dim=-1)
+        for blk in self._blocks()[idx:]:
+            x = self._run_block(blk, x)
         pooled, _ = visual._pool(x)
         if visual.proj is not None:
             pooled = pooled @ visual.proj
@@ -169,16 +204,36 @@ class ClipBackbone:
         ``in_proj`` weights, so it works with fused attention kernels. Rows sum to 1 over all keys
         (CLS included); the patch part is returned.
         """
-        self._require_tokens("CLIP self-attention")
-        blk = self.model.visual.transformer.resblocks[self.block_index(layer)]
-        attn = getattr(blk, "attn", None)
-        if not isinstance(attn, torch.nn.MultiheadAttention) or attn.in_proj_weight is None:
-            raise AbsclipError(f"CLIP attention is not supported for the blocks of {self.name}.")
-        x = blk.ln_1(tokens.to(self.device, self.dtype)).float()
-        w = attn.in_proj_weight.float()
-        b = attn.in_proj_bias.float() if attn.in_proj_bias is not None else None
-        q, k, _ = F.linear(x, w, b).chunk(3, dim=-1)  # [B, T, width] each
-        return attention_probs(q[:, :1], k, attn.num_heads)[:, :, 0, 1:]
+        self.require_tokens("CLIP attention maps")
+        q, k, heads = self._block_qk(self._blocks()[self.block_index(layer)], tokens)
+        return attention_probs(q[:, :1], k, heads)[:, :, 0, 1:]
+
+    @torch.inference_mode()
+    def block_attentions(self, pixels: torch.Tensor, last: int = -1) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Return ``(attentions, outputs)`` of blocks ``0 .. last`` (see :meth:`Backbone.block_attentions`)."""
+        self.require_tokens("CLIP attention maps")
+        idx = self.block_index(last)
+        x = self.model.visual._embeds(pixels.to(self.device, self.dtype))  # [B, T, width]
+        attentions, outputs = [], []
+        for blk in self._blocks()[: idx + 1]:
+            q, k, heads = self._block_qk(blk, x)
+            attentions.append(attention_probs(q, k, heads).cpu())
+            x = self._run_block(blk, x)
+            outputs.append(x.float().cpu())
+        return attentions, outputs
+
+    @torch.inference_mode()
+    def patch_embeddings(self, tokens: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        """Return normalised patch embeddings ``[B, rows*cols, D]`` (fp32, CPU): blocks ``layer ..``, ln_post, proj."""
+        self.require_tokens("text similarity maps")
+        visual = self.model.visual
+        x = tokens.to(self.device, self.dtype)
+        for blk in self._blocks()[self.block_index(layer):]:
+            x = self._run_block(blk, x)
+        patches = visual.ln_post(x[:, 1:])
+        if visual.proj is not None:
+            patches = patches @ visual.proj
+        return F.normalize(patches.float(), dim=-1).cpu()
 
     # -- text side ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -192,79 +247,59 @@ class ClipBackbone:
             return torch.zeros(0, self.facts.embed_dim)
         return torch.cat(out)
 
-    def describe(self) -> dict[str, Any]:
-        """Return a JSON-able description of the backbone (for results provenance)."""
-        return {
-            "model": self.name,
-            "pretrained": self.pretrained,
-            "identity": self.identity,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "grid": list(self.facts.grid),
-            "blocks": self.facts.num_blocks,
-        }
+
+def is_open_clip_config(request: LoadRequest) -> bool:
+    """Registry predicate: an open_clip JSON model config."""
+    return request.model.endswith(".json")
 
 
-def load_clip(
-    model: str,
-    pretrained: str | None = None,
-    *,
-    device: str | torch.device | None = "cpu",
-    precision: str | None = "fp32",
-    quick_gelu: bool | None = None,
-    cache_dir: str | None = None,
-) -> ClipBackbone:
-    """Return a :class:`ClipBackbone` for an open_clip model, loaded the open_clip way.
+def is_openai_file(request: LoadRequest) -> bool:
+    """Registry predicate: a checkpoint file given as the model, without ``pretrained`` (OpenAI format)."""
+    return request.pretrained is None and os.path.isfile(request.model)
 
-    Args:
-        model: an open_clip model name (``ViT-B-16``), ``hf-hub:org/repo``, ``local-dir:/path``,
-            ``hf:NAME_OR_DIR`` or a ``save_pretrained`` directory for a transformers ``CLIPModel``,
-            a path to an open_clip JSON config (its file stem becomes the name), or a path to an
-            OpenAI-format checkpoint (TorchScript archive or state dict) when ``pretrained`` is None.
-        pretrained: an open_clip tag (``openai``, ``laion2b_s34b_b88k``...) or a checkpoint file.
-            ``None`` builds the architecture with random weights (logged).
-        device: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``auto``.
-        precision: ``fp32`` (default), ``bf16``, ``fp16`` or ``auto`` (fp16 on CUDA, fp32 on CPU).
-        quick_gelu: force QuickGELU (OpenAI weights need it); ``None`` follows the tag/config.
-        cache_dir: where open_clip caches downloads.
+
+def is_open_clip_hub(request: LoadRequest) -> bool:
+    """Registry predicate: an open_clip ``hf-hub:`` repo or ``local-dir:`` directory."""
+    return request.model.startswith(("hf-hub:", "local-dir:"))
+
+
+def load_open_clip_config(request: LoadRequest) -> ClipBackbone:
+    """Load an open_clip JSON config (its file stem becomes the name) with ``request.pretrained`` weights."""
+    import open_clip
+
+    path = request.model
+    if not os.path.isfile(path):
+        raise AbsclipError(f"Model config file {path} does not exist.")
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise AbsclipError(f"Model config {path} is not valid JSON ({e}).") from e
+    if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
+        raise AbsclipError(f"Model config {path} is not an open_clip config (needs vision_cfg and text_cfg).")
+    open_clip.add_model_config(path)
+    return load_open_clip(request, name=Path(path).stem, identity_suffix=f"|cfg:{file_digest(path)}")
+
+
+def load_openai_file(request: LoadRequest) -> ClipBackbone:
+    """Load an OpenAI-format checkpoint file (TorchScript archive or state dict) given as the model."""
+    return _load_openai_file(request.model, request.device, request.dtype)
+
+
+def load_open_clip(request: LoadRequest, *, name: str | None = None, identity_suffix: str = "") -> ClipBackbone:
+    """Load an open_clip model by name + tag or checkpoint file, or an ``hf-hub:``/``local-dir:`` repo.
 
     Raises:
         AbsclipError: unknown name or tag, unreadable or mismatched checkpoint.
         WeightsUnavailableError: weights could not be downloaded.
-
-    Example:
-        >>> bb = load_clip("ViT-B-16", "openai")  # doctest: +SKIP
     """
     import open_clip
 
-    dev = resolve_device(device)
-    dtype = resolve_precision(precision, dev)
-    name = str(model)
-    pretrained = None if pretrained in (None, "", "none") else str(pretrained)
+    dev, dtype, pretrained, quick_gelu = request.device, request.dtype, request.pretrained, request.quick_gelu
+    name = name or request.model
     # random weights differ in every process: never let a cache or a resumed run take them for the same model
-    identity_weights = pretrained or f"random-init:{uuid.uuid4().hex}"
-    kwargs: dict[str, Any] = {"device": dev, "cache_dir": cache_dir}
-
-    from absclip.backbones.hf import HF_PREFIX, is_hf_clip_dir, load_hf_clip
-
-    if name.startswith(HF_PREFIX) or is_hf_clip_dir(name):  # a transformers CLIPModel
-        return load_hf_clip(name, device=dev, dtype=dtype)
-
-    if name.endswith(".json"):
-        if not os.path.isfile(name):
-            raise AbsclipError(f"Model config file {name} does not exist.")
-        try:
-            cfg = json.loads(Path(name).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise AbsclipError(f"Model config {name} is not valid JSON ({e}).") from e
-        if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
-            raise AbsclipError(f"Model config {name} is not an open_clip config (needs vision_cfg and text_cfg).")
-        open_clip.add_model_config(name)
-        name = Path(name).stem
-        identity_weights = f"{identity_weights}|cfg:{file_digest(model)}"
-
+    identity_weights = (pretrained or f"random-init:{uuid.uuid4().hex}") + identity_suffix
+    kwargs: dict[str, Any] = {"device": dev, "cache_dir": request.cache_dir}
     schema = name.split(":", 1)[0] if name.startswith(("hf-hub:", "local-dir:")) else None
-    if schema is None and pretrained is None and os.path.isfile(name):
-        return _load_openai_file(name, dev, dtype)
 
     force_qg = bool(quick_gelu)
     if schema is None:

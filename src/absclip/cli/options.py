@@ -101,7 +101,7 @@ def model_options() -> argparse.ArgumentParser:
 def build_classifier(args: argparse.Namespace) -> Any:
     """Return a :class:`absclip.Classifier` from parsed options (classes not set)."""
     from absclip.api import Classifier
-    from absclip.backbones.open_clip import load_clip
+    from absclip.backbones.registry import load_clip
     from absclip.core.settings import DEFAULT_SINK_THRESHOLD, ABSConfig, WCAConfig, replace_config
 
     abs_cfg = replace_config(

@@ -14,7 +14,6 @@ does not depend on weights); the report says so."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import datetime as _dt
 import json
@@ -34,9 +33,8 @@ import torch.nn.functional as F
 from absclip._version import __version__
 from absclip.attention.factory import load_attention
 from absclip.attention.sources import AttentionSource, ClipSelfAttention, HFAttention
-from absclip.backbones.base import resolve_device, resolve_precision
-from absclip.backbones.fused_vit import fused_vit
-from absclip.backbones.open_clip import ClipBackbone, load_clip
+from absclip.backbones.base import Backbone, resolve_device, resolve_precision
+from absclip.backbones.registry import load_clip
 from absclip.core.sampling import ABSDraws
 from absclip.core.settings import ABSConfig, fast_abs_config
 from absclip.core.timer import StageTimer
@@ -145,26 +143,6 @@ def random_dino_vitb16(device: torch.device) -> HFAttention:
     return src
 
 
-def cast_backbone(bb: ClipBackbone, dtype: torch.dtype, *, inplace: bool = False) -> ClipBackbone:
-    """Return ``bb`` with its model cast to ``dtype`` (same weights).
-
-    By default the model is copied and ``bb`` is unchanged; ``inplace=True`` casts ``bb``'s own
-    model (no second copy in memory) and returns ``bb``.
-    """
-    if dtype == bb.dtype:
-        return bb
-    if inplace:
-        bb.model.to(dtype)
-        bb.dtype = dtype
-        return bb
-    new = copy.copy(bb)
-    new.model = copy.deepcopy(bb.model).to(dtype)
-    new.dtype = dtype
-    if getattr(bb, "fused", None) is not None:
-        new.fused = fused_vit(new.model.visual)
-    return new
-
-
 # -------------------------------------------------------------------------------------------
 # the optimised pipeline
 # -------------------------------------------------------------------------------------------
@@ -202,7 +180,7 @@ def _merge_runs(parts: Sequence[_RunResult]) -> _RunResult:
 
 
 def _naive_run(
-    paths: Sequence[str], bb: ClipBackbone, attention: AttentionSource, cfg: ABSConfig, seed: int,
+    paths: Sequence[str], bb: Backbone, attention: AttentionSource, cfg: ABSConfig, seed: int,
     bank: EncodedBank, draws: dict[str, tuple[ABSDraws, torch.Tensor]] | None,
 ) -> dict[str, Any]:
     """Time the naive pipeline (decoding included) on ``paths``; return seconds, stages, logits, peak RSS."""
@@ -224,7 +202,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _optimised_run(
-    key: str, method_name: str, precision: str, paths: Sequence[str], bb: ClipBackbone, attention: AttentionSource,
+    key: str, method_name: str, precision: str, paths: Sequence[str], bb: Backbone, attention: AttentionSource,
     cfg: ABSConfig, bank: EncodedBank, s: BenchSettings,
 ) -> _RunResult:
     method = ABSMethod(cfg)
@@ -271,7 +249,7 @@ def synthetic_bank(classes: int, per_class: int, dim: int, seed: int) -> Encoded
     return EncodedBank(emb, mask, f"synthetic:{classes}x{per_class}:{seed}", [])
 
 
-def _real_bank(bb: ClipBackbone, s: BenchSettings, cfg: ABSConfig) -> EncodedBank:
+def _real_bank(bb: Backbone, s: BenchSettings, cfg: ABSConfig) -> EncodedBank:
     from absclip.text.banks import match_bank
     from absclip.text.classes import load_classes
     from absclip.text.sources import read_text_source
@@ -283,7 +261,7 @@ def _real_bank(bb: ClipBackbone, s: BenchSettings, cfg: ABSConfig) -> EncodedBan
     return TextEncoder(bb).encode_bank(match_bank(classes, desc), cfg.max_descriptions)
 
 
-def _text_throughput(bb: ClipBackbone, n: int, per_class: int) -> dict[str, float]:
+def _text_throughput(bb: Backbone, n: int, per_class: int) -> dict[str, float]:
     """Return sentences/s of batched encoding and of the reference's one-class-at-a-time encoding."""
     texts = [f"a photo of a thing number {i}, which has a distinctive shape and colour." for i in range(n)]
     t0 = time.perf_counter()
@@ -353,9 +331,9 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
     if s.pretrained is None:
         notes.append(f"CLIP {s.model}: random weights built from its config")
     if not s.naive and len(set(dtypes)) == 1:  # one precision and no fp32 baseline: cast without a copy
-        backbones = {dtypes[0]: cast_backbone(base, dtypes[0], inplace=True)}
+        backbones = {dtypes[0]: base.cast(dtypes[0], inplace=True)}
     else:
-        backbones = {dt: cast_backbone(base, dt) for dt in dict.fromkeys(dtypes)}
+        backbones = {dt: base.cast(dt) for dt in dict.fromkeys(dtypes)}
     cfg_faithful = s.abs_config
     cfgs = {"abs": cfg_faithful, "abs-fast": fast_abs_config(cfg_faithful)}
 
@@ -424,7 +402,7 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
                          "topk_mismatches": sum(x["topk_mismatches"] for x in naive_parts)}
                 naive_logits = torch.cat([x["logits"] for x in naive_parts])
 
-    fused = getattr(base, "fused", None) is not None
+    fused = base.fused_path
     attn_pass = attention_pass_flops(attention, base)
     reuse = isinstance(attention, ClipSelfAttention) and attention.layer == cfg_faithful.feature_layer
     faithful_run = next((x for x in runs.values() if x.method == "abs"), None)

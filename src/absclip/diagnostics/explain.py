@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from absclip.api import Classifier
     from absclip.attention.sources import AttentionSource
-    from absclip.backbones.open_clip import ClipBackbone
+    from absclip.backbones.base import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def source_label(src: AttentionSource) -> str:
     return f"{kind}: CLS attention, layer {layer}, head mean"
 
 
-def clip_input_region(backbone: ClipBackbone, width: int, height: int) -> views.Box:
+def clip_input_region(backbone: Backbone, width: int, height: int) -> views.Box:
     """Return the pixel box ``(x0, y0, x1, y1)`` of a ``width`` × ``height`` image that the CLIP input covers.
 
     Read from the backbone's torchvision preprocessing: ``Resize`` (shorter side or fixed size)
@@ -234,7 +234,6 @@ def explain(
     """
     from absclip.attention.layered import LayeredAttention, layered_attention
     from absclip.attention.maps import text_similarity_map
-    from absclip.backbones.open_clip_maps import clip_patch_embeddings
     from absclip.core.scoring import soft_match_description_mass
 
     if map not in MAP_KINDS:
@@ -278,7 +277,7 @@ def explain(
         label, region = f"{source_label(rsrc)} (ABS used: {source_label(src)})", (0, 0, w, h)
     else:
         cidx = clf.inputs.classes.index(map_class) if map_class else ranked[0]["index"]
-        patches = clip_patch_embeddings(bb, ctx.tokens, ctx.feature_layer)
+        patches = bb.patch_embeddings(ctx.tokens, ctx.feature_layer)
         sim = text_similarity_map(patches, bank.emb[cidx], bank.mask[cidx])[0]
         grid_map = sim.reshape(bb.facts.grid)
         label = f"patch–description cosine for '{clf.classes[cidx]}' (CLIP last layer; display only)"

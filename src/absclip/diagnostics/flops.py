@@ -1,62 +1,36 @@
 """Multiply-add FLOP estimates of the image encoders, as ``absclip bench`` reports them.
 
-Estimates count the matrix products of a ViT (:func:`absclip.backbones.fused_vit.vit_flops`); norms,
+Estimates count the matrix products of a ViT (:func:`absclip.backbones.base.vit_flops`); norms,
 activations and softmax are ignored (<2%). They describe the work, not the speed: use them to
 compare pipelines (naive vs faithful vs fast mode), not to predict seconds."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from absclip.attention.sources import AttentionSource, ClipSelfAttention, HFAttention
-from absclip.backbones.fused_vit import vit_flops
-from absclip.backbones.open_clip import ClipBackbone
+from absclip.backbones.base import Backbone, vit_flops
 from absclip.core.settings import ABSConfig
 
 
-def _mlp_width(module: Any, width: int) -> int:
-    fc = getattr(getattr(module, "mlp", None), "c_fc", None)
-    return int(fc.out_features) if fc is not None else 4 * width
-
-
-def clip_tower_flops(bb: ClipBackbone) -> dict[str, float]:
-    """Return FLOP building blocks of the CLIP image tower (see :func:`absclip.backbones.fused_vit.vit_flops`).
+def clip_tower_flops(bb: Backbone) -> dict[str, float]:
+    """Return FLOP building blocks of the CLIP image tower (:meth:`absclip.backbones.base.Backbone.tower_flops`).
 
     Keys: ``full`` (one plain forward), ``full_cls`` (last block CLS-only), ``embed``, ``block``
     (one full block on all tokens), ``block_cls``, ``proj``; plus ``tokens``, ``width``, ``mlp``.
     """
-    f = bb.facts
-    t = 1 + f.grid[0] * f.grid[1]
-    blocks = getattr(getattr(bb.model.visual, "transformer", None), "resblocks", None)
-    mlp = _mlp_width(blocks[0], f.width) if blocks is not None and len(blocks) else 4 * f.width
-    pd = 3 * f.patch_size[0] * f.patch_size[1]
-    npatch = f.grid[0] * f.grid[1]
-    out = {
-        "tokens": t, "width": f.width, "mlp": mlp, "blocks": f.num_blocks, "patch_dim": pd, "patches": npatch,
-        "embed": vit_flops(t, f.width, 0, mlp, patch_dim=pd, patches=npatch),
-        "block": vit_flops(t, f.width, 1, mlp),
-        "block_cls": vit_flops(t, f.width, 1, mlp, cls_last=True),
-        "proj": vit_flops(t, f.width, 0, mlp, out_dim=f.embed_dim),
-    }
-    out["full"] = out["embed"] + f.num_blocks * out["block"] + out["proj"]
-    out["full_cls"] = out["full"] - out["block"] + out["block_cls"]
-    return out
+    return bb.tower_flops()
 
 
-def attention_pass_flops(src: AttentionSource, bb: ClipBackbone) -> float:
+def attention_pass_flops(src: AttentionSource, bb: Backbone) -> float:
     """Return the FLOPs of one attention-model pass on one image (0 when it reuses CLIP's tokens)."""
     if isinstance(src, HFAttention):
-        c = src.model.config
-        t = 1 + src.grid[0] * src.grid[1]
-        return vit_flops(t, int(c.hidden_size), int(c.num_hidden_layers), int(c.intermediate_size),
-                         patch_dim=3 * int(c.patch_size) ** 2, patches=t - 1)
+        return src.pass_flops()
     if isinstance(src, ClipSelfAttention):
         cf = clip_tower_flops(bb)
         return cf["embed"] + bb.block_index(src.layer) * cf["block"]
     return 0.0
 
 
-def abs_image_flops(bb: ClipBackbone, cfg: ABSConfig, feature_views: float, *, fused: bool) -> float:
+def abs_image_flops(bb: Backbone, cfg: ABSConfig, feature_views: float, *, fused: bool) -> float:
     """Return the CLIP image-tower FLOPs per image of the optimised ABS pipeline.
 
     Args:
@@ -79,7 +53,7 @@ def abs_image_flops(bb: ClipBackbone, cfg: ABSConfig, feature_views: float, *, f
     return pixel + full + feat
 
 
-def naive_image_flops(bb: ClipBackbone, cfg: ABSConfig) -> float:
+def naive_image_flops(bb: Backbone, cfg: ABSConfig) -> float:
     """Return the CLIP image-tower FLOPs per image of the naive pipeline (all tokens in every block)."""
     cf = clip_tower_flops(bb)
     if cfg.feature_crops == 0:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 
 from absclip.attention.sources import AttentionSource
-from absclip.backbones.open_clip import ClipBackbone
+from absclip.backbones.base import Backbone
 from absclip.core.geometry import abs_geometry, feature_crop_tokens
 from absclip.core.sampling import ABSDraws, image_rng
 from absclip.core.settings import ABSConfig
@@ -35,7 +35,7 @@ from absclip.text.encoder import EncodedBank
 
 def naive_abs_logits(
     items: Sequence[ImageItem],
-    backbone: ClipBackbone,
+    backbone: Backbone,
     attention: AttentionSource,
     cfg: ABSConfig,
     seed: int,
@@ -47,7 +47,7 @@ def naive_abs_logits(
 
     Args:
         items: decoded images.
-        backbone: the CLIP model (fp32); it runs through open_clip's own modules here.
+        backbone: the CLIP model (fp32); it runs unfused here (:meth:`Backbone.unfused`).
         attention: the attention source, run twice per image as the reference does.
         cfg: faithful ABS settings.
         seed: run seed (each image draws from ``image_rng(seed, key, "abs")`` unless injected).
@@ -56,16 +56,15 @@ def naive_abs_logits(
         draws: optional ``{image key: (draws, topk_idx)}`` from the optimised run; injected so
             both pipelines use identical crops. A differing top-k list is counted as a mismatch.
     """
-    bb = backbone
+    bb = backbone.unfused()  # the model's own modules (open_clip's nn.MultiheadAttention etc.), same weights
     dim = bb.facts.embed_dim
     c, m, _ = bank.emb.shape
     flat = bank.emb.reshape(c * m, dim).to(bb.device)
     valid = bank.mask.reshape(c * m).to(bb.device)
     grid = bb.facts.grid
     out, mismatches = [], 0
-    saved = bb.use_fused, getattr(attention, "fast", None)
-    bb.use_fused = False  # open_clip's own modules
-    if saved[1] is not None:
+    saved = getattr(attention, "fast", None)
+    if saved is not None:
         attention.fast = False  # the whole attention model with eager attention maps, as the reference
     try:
         with torch.inference_mode():
@@ -103,7 +102,6 @@ def naive_abs_logits(
                     ps = torch.where(valid, p * s, torch.zeros((), dtype=s.dtype, device=s.device))
                     out.append(ps.view(-1, c, m).sum(-1).sum(0).float().cpu())
     finally:
-        bb.use_fused = saved[0]
-        if saved[1] is not None:
-            attention.fast = saved[1]
+        if saved is not None:
+            attention.fast = saved
     return torch.stack(out), mismatches

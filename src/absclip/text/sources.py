@@ -40,21 +40,23 @@ def _parse_json(text: str, path: Path) -> Any:
         raise AbsclipError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}).") from e
 
 
-def read_text_source(path: str | os.PathLike) -> dict[str, list[str]] | list[str]:
+def read_text_source(path: str | os.PathLike, *, descriptions_dir: str | os.PathLike | None = None
+                     ) -> dict[str, list[str]] | list[str]:
     """Read a descriptions/descriptors/templates file.
 
     Returns a ``{class: [strings]}`` dict (CuPL descriptions or DCLIP descriptors) or a list of
     templates (``{c}`` or ``{}``; a CLIP_benchmark template file, an ABS ``clip-e.json``, or a
     ``.txt`` with one template per line). A CLIP_benchmark ``{dataset: [templates]}`` dict with
     a single entry is read as that entry's templates. A named public set such as ``cupl:pets``
-    or ``abs:dtd/clip-e`` (see :mod:`absclip.text.public_sets`) is resolved to its verified file first.
+    or ``abs:dtd/clip-e`` (see :mod:`absclip.text.public_sets`) is resolved to its verified file first,
+    looked up in ``descriptions_dir`` (default ``$ABSCLIP_DESCRIPTIONS_DIR``), then the cache.
     """
     p = Path(path)
     if isinstance(path, str) and not p.exists():
         from absclip.text.public_sets import is_set_spec, resolve
 
         if is_set_spec(path):
-            p = resolve(path)
+            p = resolve(path, descriptions_dir=descriptions_dir)
     text = _read_text_file(p, "descriptions file")
     if p.suffix.lower() == ".txt":
         lines = [line.strip() for line in text.splitlines() if line.strip()]
