@@ -1,4 +1,4 @@
-"""The output folder: the Parquet schema of prediction rows and :class:`OutputDir` (list, read and
+"""The output folder: the Parquet schema of prediction records and :class:`OutputDir` (list, read and
 clear the shards, delete a shard torn by a kill on resume, write ``_run.json`` and ``_summary.json``)."""
 
 from __future__ import annotations
@@ -16,19 +16,10 @@ log = logging.getLogger(__package__)  # "absclip.engines.ray", the logger of the
 
 
 def row_schema() -> Any:
-    """Return the Parquet schema of prediction rows (:data:`absclip.io.records.ROW_FIELDS`)."""
-    import pyarrow as pa
+    """Return the Parquet schema of the shards: the prediction record's (:func:`absclip.io.records.record_schema`)."""
+    from absclip.io.records import record_schema
 
-    from absclip.io.records import ROW_FIELDS
-
-    types = {
-        "path": pa.string(), "label": pa.int64(), "method": pa.string(), "pred": pa.int64(),
-        "pred_label": pa.string(), "score": pa.float64(), "topk": pa.list_(pa.int64()),
-        "topk_labels": pa.list_(pa.string()), "topk_scores": pa.list_(pa.float64()),
-        "topk_logits": pa.list_(pa.float64()), "seed": pa.int64(), "key": pa.string(), "skip_reason": pa.string(),
-        "run": pa.string(), "attempt": pa.string(), "seconds": pa.float64(),
-    }
-    return pa.schema([(f, types[f]) for f in ROW_FIELDS])
+    return record_schema()
 
 
 @dataclass
