@@ -69,7 +69,7 @@ def test_eval_imagenet_sample_1000_classes(tmp_path, capsys):
         rows = [p for p in preds if p["method"] == m]
         assert len(rows) == 100 and res["absclip"]["images"] == 100
         for p in rows:
-            assert p["label"] == labels[p["file"].rsplit("/", 1)[-1]] and p["pred"] == p["topk"][0]
+            assert p["label"] == labels[p["path"].rsplit("/", 1)[-1]] and p["pred"] == p["topk"][0]
         metrics = compute_metrics([p["label"] for p in rows], [p["topk"] for p in rows], 1000)
         assert res["metrics"] == metrics
         assert set(res["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}

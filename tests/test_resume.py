@@ -26,7 +26,7 @@ def run(out, *extra):
 
 def predictions(doc):
     rows = [json.loads(line) for line in open(doc["predictions"])]
-    return sorted((r["file"], r["method"], r["pred"], tuple(r["topk"])) for r in rows)
+    return sorted((r["path"], r["method"], r["pred"], tuple(r["topk"])) for r in rows)
 
 
 @pytest.fixture(scope="module")
