@@ -147,7 +147,8 @@ def test_eval_and_label_write_the_same_records(clf, samples, tmp_path):
     assert doc["predictions"] == str(tmp_path / "r.predictions.jsonl")
     assert {tuple(r) for r in ev} == {tuple(r) for r in lab} == {FIELDS}
     assert len(ev) == len(lab) == len(samples) * len(methods)
-    assert {r["label"] for r in lab} == {None} and [r["label"] for r in ev[::2]] == [s.label for s in samples]
+    assert {r["label"] for r in lab} == {None} and {(r["path"], r["label"]) for r in ev} == {
+        (s.path, s.label) for s in samples}
     by_key = {(r["path"], r["method"]): r for r in lab}
     for r in ev:
         other = by_key[(r["path"], r["method"])]

@@ -149,10 +149,10 @@ def predict_records(
                     getattr(writer, "path", "the output"))
     common = {"seed": clf.seed, "run": run_id, "attempt": f"{time.time_ns():x}", "top": top}
 
-    def write(s: Sample, key: str | None, ranked: dict[str, Any] | None, reason: str | None = None,
-              seconds: dict[str, float] | None = None) -> None:
+    def write(s: Sample, key: str | None, ranked: dict[str, Any] | None, ms: Sequence[str],
+              reason: str | None = None, seconds: dict[str, float] | None = None) -> None:
         label = s.label if labelled else None
-        for rec in make_records(s.path, label, key, ranked, methods, skip_reason=reason, seconds=seconds, **common):
+        for rec in make_records(s.path, label, key, ranked, ms, skip_reason=reason, seconds=seconds, **common):
             if (sample_identity(s.path), rec["method"]) not in writer.done:
                 writer.write(rec)
 
@@ -169,16 +169,16 @@ def predict_records(
                         items.append(make_item(s.path, max_pixels=max_pixels))
                         kept.append(s)
                     except BadImageError as e:
-                        write(s, None, None, reason=str(e))
+                        write(s, None, None, methods, reason=str(e))
                         bar.update(1)
                 if not items:
                     continue
                 ranked, secs = predict_batch(clf, clf.context(items, methods), methods, top)
                 share = {m: t / len(items) for m, t in secs.items()}
-                for m in methods:
+                for m in methods:  # method by method, as each method's batch is one computation
                     method_seconds[m] += secs[m]
-                for b, (s, it) in enumerate(zip(kept, items)):
-                    write(s, it.key, {m: ranked[m][b] for m in methods}, seconds=share)
+                    for b, (s, it) in enumerate(zip(kept, items)):
+                        write(s, it.key, {m: ranked[m][b]}, [m], seconds=share)
                 bar.update(len(items))
     finally:
         bar.close()
