@@ -127,9 +127,6 @@ def make_records(
     return out
 
 
-prediction_rows = make_records  # the name before records were unified
-
-
 def records_table(records: Sequence[dict[str, Any]]) -> Any:
     """Return records as a pyarrow table with :func:`record_schema` (what a Parquet shard holds)."""
     import pyarrow as pa
