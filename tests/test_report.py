@@ -90,7 +90,7 @@ def test_load_report_data_filters_other_runs(run, tmp_path):
     assert all(len(data.records[m]) == len(PHOTOS) for m in METHODS)
     stale = tmp_path / "p.jsonl"
     lines = open(doc["predictions"]).read().splitlines()
-    stale.write_text("\n".join(lines + [json.dumps({**json.loads(lines[0]), "run": "other", "file": "x.jpg"}),
+    stale.write_text("\n".join(lines + [json.dumps({**json.loads(lines[0]), "run": "other", "path": "x.jpg"}),
                                         '{"torn']))
     data = load_report_data(doc, predictions=stale)
     assert all(len(data.records[m]) == len(PHOTOS) for m in METHODS)

@@ -26,7 +26,7 @@ def run(out, *extra):
 
 def predictions(doc):
     rows = [json.loads(line) for line in open(doc["predictions"])]
-    return sorted((r["file"], r["method"], r["pred"], tuple(r["topk"])) for r in rows)
+    return sorted((r["path"], r["method"], r["pred"], tuple(r["topk"])) for r in rows)
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +76,107 @@ def test_changed_settings_are_refused(tmp_path, reference):
     proc = run(out, "--crops", "9")
     assert proc.returncode == 2 and "different settings" in proc.stderr and "Traceback" not in proc.stderr
     assert run(out, "--crops", "9", "--overwrite").returncode == 0
+
+
+# -- the prediction record, in process ------------------------------------------------------------
+
+PHOTOS = DATA / "photos"
+CLASSES = ["cat", "coffee", "rocket", "astronaut", "motorcycle", "quokka"]
+FILES = ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "motorcycle_left.png", "quokka.jpg"]
+
+
+@pytest.fixture(scope="module")
+def clf():
+    from absclip import ABSConfig, Classifier
+
+    c = Classifier.from_pretrained(str(CLIP_CFG), str(CLIP_WEIGHTS), attention_model=str(DINO),
+                                   abs_config=ABSConfig(pixel_crops=4, feature_crops=4), use_cache=False,
+                                   batch_size=2)
+    return c.set_classes(CLASSES)
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    from absclip.io.sources import Sample
+
+    bad = tmp_path_factory.mktemp("bad") / "broken.jpg"
+    bad.write_text("not an image\n")
+    return [Sample(str(PHOTOS / f), i) for i, f in enumerate(FILES)] + [Sample(str(bad), 0)]
+
+
+def test_record_writer_resumes_and_refuses(tmp_path):
+    from absclip.errors import AbsclipError
+    from absclip.io.records import FIELDS, JsonlRecordWriter, make_records, read_records, record_schema
+
+    assert tuple(record_schema().names) == FIELDS  # one table: the dataclass, the JSONL keys, the Parquet columns
+    ranked = {"clip": [{"index": 1, "label": "b", "score": 0.9, "logit": 0.3}]}
+    recs = [*make_records("a.jpg", 1, "k", ranked, ["clip"], seed=0, run="r", attempt="x", top=5),
+            *make_records("b.jpg", 0, None, None, ["clip"], seed=0, run="r", attempt="x", top=5, skip_reason="bad")]
+    path = tmp_path / "p.jsonl"
+    w = JsonlRecordWriter.open(path, "r", resume=False)
+    for r in recs:
+        w.write(r)
+    w.close()
+    path.write_text(path.read_text() + '{"path": "c.jpg", "la')  # torn by a kill
+    assert read_records(path) == recs
+    w = JsonlRecordWriter.open(path, "r", resume=True)
+    w.close()
+    assert set(w.done) == {("a.jpg", "clip"), ("b.jpg", "clip")} and w.skipped == {"b.jpg": "bad"}
+    assert len(path.read_text().splitlines()) == 2  # the torn line is gone
+    with pytest.raises(AbsclipError, match="different settings"):
+        JsonlRecordWriter.open(path, "other", resume=True)
+    with pytest.raises(AbsclipError, match="--resume"):
+        JsonlRecordWriter.open(path, "r", resume=False)
+    old = tmp_path / "old.jsonl"  # the eval format before records were unified
+    old.write_text(json.dumps({"run": "r", "file": "a.jpg", "method": "clip", "pred": 1}) + "\n")
+    with pytest.raises(AbsclipError, match="another format"):
+        JsonlRecordWriter.open(old, "r", resume=True)
+    with pytest.raises(AbsclipError, match="does not exist"):
+        read_records(tmp_path / "missing.jsonl")
+
+
+def test_eval_and_label_write_the_same_records(clf, samples, tmp_path):
+    from absclip.engines.local import evaluate, label_images
+    from absclip.engines.results import compute_metrics
+    from absclip.io.records import FIELDS, read_records
+
+    methods = ["clip", "abs"]
+    doc = evaluate(clf, samples, methods, output=tmp_path / "r.json", progress=False)
+    summary = label_images(clf, [s.path for s in samples], methods, output=tmp_path / "lab", progress=False)
+    ev, lab = read_records(doc["predictions"]), read_records(summary["predictions"])
+    assert doc["predictions"] == str(tmp_path / "r.predictions.jsonl")
+    assert {tuple(r) for r in ev} == {tuple(r) for r in lab} == {FIELDS}
+    assert len(ev) == len(lab) == len(samples) * len(methods)
+    assert {r["label"] for r in lab} == {None} and {(r["path"], r["label"]) for r in ev} == {
+        (s.path, s.label) for s in samples}
+    by_key = {(r["path"], r["method"]): r for r in lab}
+    for r in ev:
+        other = by_key[(r["path"], r["method"])]
+        for f in ("pred", "pred_label", "score", "topk", "topk_labels", "topk_scores", "key", "skip_reason", "run"):
+            assert r[f] == other[f], f
+    skipped = [r for r in ev if r["skip_reason"]]
+    assert [r["path"] for r in skipped] == [samples[-1].path] * 2 and all(r["pred"] is None for r in skipped)
+    assert doc["skipped"] == summary["skipped"] == [{"file": samples[-1].path, "reason": skipped[0]["skip_reason"]}]
+    for res in doc["results"]:
+        rows = [r for r in ev if r["method"] == res["absclip"]["method"] and not r["skip_reason"]]
+        assert res["metrics"] == compute_metrics([r["label"] for r in rows], [r["topk"] for r in rows], len(CLASSES))
+        assert res["absclip"]["images"] == len(FILES)
+
+    # resume after a partial file (a torn last line): the same records and results
+    pred = tmp_path / "r.predictions.jsonl"
+    lines = pred.read_text().splitlines()
+    pred.write_text("\n".join(lines[:5]) + "\n" + lines[5][:30])
+    again = evaluate(clf, samples, methods, output=tmp_path / "r.json", progress=False)
+    assert [r["metrics"] for r in again["results"]] == [r["metrics"] for r in doc["results"]]
+    assert again["skipped"] == doc["skipped"]
+    keep = ("path", "method", "pred", "topk", "topk_scores", "skip_reason")
+    assert sorted(tuple(str(r[f]) for f in keep) for r in read_records(pred)) == sorted(
+        tuple(str(r[f]) for f in keep) for r in ev)
+
+
+def test_max_pixels_is_passed_through(clf, samples, tmp_path):
+    from absclip.engines.local import label_images
+
+    summary = label_images(clf, [s.path for s in samples[:2]], ["clip"], output=tmp_path, progress=False,
+                           max_pixels=100)
+    assert summary["labelled"] == 0 and all("pixels" in s["reason"] for s in summary["skipped"])

@@ -89,10 +89,10 @@ def test_torn_shard_is_dropped_on_resume(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
     from absclip.engines.ray import OutputDir, row_schema
     from absclip.errors import AbsclipError
-    from absclip.io.records import prediction_rows
+    from absclip.io.records import make_records
 
     pa = pytest.importorskip("pyarrow")
-    rows = prediction_rows("a.jpg", 1, "k", {"clip": [{"index": 1, "label": "b", "score": 0.9, "logit": 0.3}]},
+    rows = make_records("a.jpg", 1, "k", {"clip": [{"index": 1, "label": "b", "score": 0.9, "logit": 0.3}]},
                            ["clip"], seed=0, run="r", attempt="x", top=5)
     pq.write_table(pa.Table.from_pylist(rows, schema=row_schema()), tmp_path / "good.parquet")
     (tmp_path / "torn.parquet").write_bytes(b"PAR1 cut short")
@@ -155,8 +155,8 @@ def eval_args(listing, out, *extra):
 
 
 def local_preds(doc):
-    return {(r["file"], r["method"]): (r["pred"], r["topk"]) for r in map(json.loads, open(doc["predictions"]))
-            if not r.get("skipped")}
+    return {(r["path"], r["method"]): (r["pred"], r["topk"]) for r in map(json.loads, open(doc["predictions"]))
+            if not r["skip_reason"]}
 
 
 def parquet_rows(folder):
@@ -210,6 +210,35 @@ def test_ray_matches_local(ray_instance, listing, reference, tmp_path, capsys, a
     assert_same_results(doc, ref_doc)
     assert {r["seed"] for r in rows} == {0} and {r["skip_reason"] for r in rows if r["skip_reason"]} == {
         s["reason"] for s in ref_doc["skipped"]}
+
+
+def test_ray_eval_report(ray_instance, listing, reference, tmp_path, capsys):
+    """absclip eval --engine ray --report: the report reads the Parquet records; same metrics as the results JSON."""
+    import re
+
+    from absclip.cli.main import main
+    from absclip.diagnostics.report import load_report_data
+    from absclip.io.records import FIELDS, read_records
+
+    out, html = tmp_path / "results.json", tmp_path / "report.html"
+    assert main(eval_args(listing, out, "--engine", "ray", "--actors", "1", "--cpus-per-actor", "0.5",
+                          "--report", str(html), "--report-max-images", "2")) == 0
+    assert f"report: {html}" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert_same_results(doc, reference[0])
+    recs = read_records(doc["predictions"])  # the Parquet folder, through the one reader
+    assert {tuple(r) for r in recs} == {FIELDS} and ray_preds(recs) == reference[1]
+    data = load_report_data(out)
+    assert data.methods == ["clip", "abs"] and all(len(data.records[m]) == N_PHOTOS for m in data.methods)
+    text = html.read_text(encoding="utf-8")
+    for r in doc["results"]:
+        m, met = r["absclip"]["method"], r["metrics"]
+        row = re.search(rf"<tr data-method='{m}'[^>]*>(.*?)</tr>", text, re.S)
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))
+        pct = ["n/a" if v != v else f"{100 * v:.2f}" for v in (met["acc1"], met["acc5"], met["mean_per_class_recall"])]
+        assert cells[:4] == [m, *pct] and f"data-acc1='{met['acc1']}'" in row.group(0)
+    wrong = sum(1 for x in data.records["abs"] if x["pred"] != x["label"])
+    assert text.count("<div class='card'>") == min(wrong, 2)
 
 
 @pytest.fixture(scope="module")

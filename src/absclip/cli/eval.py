@@ -11,13 +11,12 @@ from typing import Any
 
 from absclip.cli.engine import _announce, ray_options, recipe
 from absclip.cli.options import build_classifier
-from absclip.errors import AbsclipError
 
 log = logging.getLogger("absclip")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """absclip eval: metrics per method, predictions JSONL, results JSON."""
+    """absclip eval: metrics per method, prediction records (JSONL, or Parquet on Ray), results JSON, report."""
     from absclip.engines.local import evaluate
     from absclip.io.sources import load_samples, take
     from absclip.methods.base import get_method_class
@@ -28,9 +27,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         get_method_class(m)
     classes = load_classes(args.classes, args.classes_file)
     if getattr(args, "engine", "local") == "ray":  # scale-out engine (absclip.engines.ray): same results document
+        doc = eval_on_ray(args, classes, methods)
+        if args.report:  # from the Parquet records; thumbnails (the model is not loaded on the driver)
+            from absclip.diagnostics.report import write_report
 
-
-        return print_eval_results(eval_on_ray(args, classes, methods), args)
+            write_report(doc, args.report, max_images=args.report_max_images)
+        return print_eval_results(doc, args)
     samples = take(load_samples(args.data, classes, image_column=args.image_column,
                                 label_column=args.label_column), args.limit)
     clf = build_classifier(args)
@@ -71,9 +73,6 @@ def eval_on_ray(args: argparse.Namespace, classes: Any, methods: list[str]) -> d
     from absclip.engines.ray import evaluate_ray, import_ray
 
     import_ray()
-    if args.report:
-        raise AbsclipError("--report reads the local engine's predictions; run it without --engine ray, or call "
-                           "absclip.diagnostics.report.write_report on these results later.")
     dataset = args.dataset_name or os.path.basename(os.path.normpath(args.data))
     doc = evaluate_ray(recipe(args, classes), args.data, methods, output=args.output, predictions=args.predictions,
                        dataset=dataset, top=args.top, options=ray_options(args), resume=args.resume,

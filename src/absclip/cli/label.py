@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser(
         "label", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
         help="label many images (no ground truth): label, score and top-k per image",
-        description="Label images without ground truth. Writes one row per image: path, predicted label, score, "
+        description="Label images without ground truth. Writes one record per image: path, predicted label, score, "
                     "top-k labels and scores, method, seed, skip reason. The local engine writes "
                     "DIR/predictions.jsonl; --engine ray writes Parquet shards into DIR. Both write DIR/_summary.json "
                     "and resume an interrupted run.",

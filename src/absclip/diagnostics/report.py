@@ -1,4 +1,5 @@
-"""Evaluation report: one self-contained HTML file from a results document and its predictions JSONL.
+"""Evaluation report: one self-contained HTML file from a results document and its prediction records
+(the JSONL file of the local engine or the Parquet folder of Ray, read by :func:`absclip.io.records.read_records`).
 
 The report has the metrics table per method, per-class accuracy sorted worst first, the most
 confused class pairs, and a gallery of misclassified images with their explanation pictures
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from absclip.errors import AbsclipError, BadImageError
 from absclip.io.files import atomic_write_text
+from absclip.io.records import read_records, unique_records
 
 if TYPE_CHECKING:  # pragma: no cover
     from absclip.api import Classifier
@@ -47,7 +49,8 @@ class ReportData:
     Attributes:
         results: one CLIP_benchmark-style result per method (``metrics``, ``absclip.method`` ...).
         classes: class names in label order.
-        records: ``{method: [prediction records]}`` in file order (records of this run only).
+        records: ``{method: [prediction records]}`` in stored order (this run's, skipped images left out;
+            see :class:`absclip.io.records.Prediction`).
         info: dataset, model, pretrained, run id, counts and timing for the header.
     """
 
@@ -65,14 +68,15 @@ class ReportData:
 def load_report_data(
     doc: dict[str, Any] | str | os.PathLike, predictions: str | os.PathLike | None = None
 ) -> ReportData:
-    """Return :class:`ReportData` from a results document (:func:`absclip.engines.local.evaluate`) or its file.
+    """Return :class:`ReportData` from a results document (as either engine's ``evaluate`` returns) or its file.
 
     Accepts the combined results document and the one-file-per-method shape (a single
-    CLIP_benchmark result with ``absclip.core.settings``).
+    CLIP_benchmark result with an ``absclip`` key).
 
     Args:
         doc: the document or a path to the results JSON.
-        predictions: the predictions JSONL (default: the path recorded in the document).
+        predictions: the prediction records, a JSONL file or a Parquet folder (default: the one recorded in
+            the document).
 
     Raises:
         AbsclipError: unreadable files, no class names, no predictions.
@@ -99,19 +103,12 @@ def load_report_data(
     classes = list(config.get("classes") or [])
     if not classes:
         raise AbsclipError("The results document lists no class names (config.classes).")
-    if not pred_path or not Path(pred_path).is_file():
-        raise AbsclipError(f"The predictions file {pred_path} does not exist.")
+    if not pred_path:
+        raise AbsclipError("The results document names no predictions file (predictions).")
     methods = [r["absclip"]["method"] for r in results]
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for line in Path(pred_path).read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line
-        if rec.get("skipped") or (run and rec.get("run") != run) or rec.get("method") not in methods:
-            continue
-        latest[(rec["file"], rec["method"])] = rec
-    records = {m: [r for (_, rm), r in latest.items() if rm == m] for m in methods}
+    latest = [r for r in unique_records(read_records(pred_path, run=run))
+              if not r["skip_reason"] and r["method"] in methods]
+    records = {m: [r for r in latest if r["method"] == m] for m in methods}
     return ReportData(results, classes, records, info)
 
 
@@ -347,26 +344,25 @@ def build_report(
     # gallery
     wrong = [r for r in data.records[gm] if r["pred"] != r["label"]]
     shown = wrong[: max(0, max_images)]
-    others = {m: {r["file"]: r for r in data.records[m]} for m in methods if m != gm}
+    others = {m: {r["path"]: r for r in data.records[m]} for m in methods if m != gm}
     w(f"<h2 id='gallery'>Misclassified by {_e(gm)}: {len(shown)} of {len(wrong)} shown</h2>")
     if len(wrong) > len(shown):
         w(f"<p class='note'>capped at {max_images} images (--report-max-images).</p>")
     w("<div class='gallery'>")
     for r in shown:
-        png = explain_png(r["file"]) if explain_png is not None else None
+        png = explain_png(r["path"]) if explain_png is not None else None
         kind = "explanation" if png is not None else "image"
         if png is None:
-            png = _thumbnail(r["file"])
-        preds = ", ".join(f"{_e(lab)} {100 * s:.1f}%" for lab, s in zip(r.get("topk_labels", [])[:3],
-                                                                           r.get("scores", [])[:3]))
-        w(f"<div class='card'><div><b>{_e(Path(r['file']).name)}</b> · true <span class='right'>"
+            png = _thumbnail(r["path"])
+        preds = ", ".join(f"{_e(lab)} {100 * s:.1f}%" for lab, s in zip(r["topk_labels"][:3], r["topk_scores"][:3]))
+        w(f"<div class='card'><div><b>{_e(Path(r['path']).name)}</b> · true <span class='right'>"
           f"{_e(cls[r['label']])}</span> · {_e(gm)} predicts <span class='wrong'>{_e(cls[r['pred']])}</span></div>")
         w(f"<div class='meta'>top-3: {preds}</div>")
         if others:
             w("<div class='meta'>" + " · ".join(
-                f"{_e(m)}: {_e(cls[o[r['file']]['pred']])}" for m, o in others.items() if r["file"] in o) + "</div>")
+                f"{_e(m)}: {_e(cls[o[r['path']]['pred']])}" for m, o in others.items() if r["path"] in o) + "</div>")
         if png is not None:
-            w(f"<img alt='{kind} of {_e(Path(r['file']).name)}' src='{_png_data_uri(png)}'>")
+            w(f"<img alt='{kind} of {_e(Path(r['path']).name)}' src='{_png_data_uri(png)}'>")
         else:
             w("<p class='note'>image unavailable</p>")
         w("</div>")
@@ -390,7 +386,7 @@ def write_report(
         out: the HTML file to write.
         clf: the classifier used for the evaluation; when given, the gallery shows each image's
             ABS explanation picture (computed again with the same model, settings and seed).
-        predictions: the predictions JSONL (default: the one recorded in ``doc``).
+        predictions: the prediction records, JSONL file or Parquet folder (default: the one recorded in ``doc``).
         max_images: cap on the gallery.
         explain_map: map of the explanation pictures (``attention``, ``rollout`` or ``text``).
     """

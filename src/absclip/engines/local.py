@@ -1,6 +1,7 @@
-"""Evaluation: predictions streamed to JSONL, metrics in CLIP_benchmark's result shape, resumable.
+"""The local engine: :func:`evaluate` (metrics in CLIP_benchmark's result shape) and :func:`label_images`,
+both one resumable loop (:func:`predict_records`) writing prediction records (:mod:`absclip.io.records`).
 
-Each finished prediction is written and flushed at once, so an interrupted run loses nothing;
+Each finished record is written and flushed at once, so an interrupted run loses nothing;
 re-running with the same settings skips finished images and gives the same final results. A
 run whose settings differ from the file's is refused rather than mixed."""
 
@@ -12,15 +13,16 @@ import os
 import signal
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from absclip.api import Classifier
-from absclip.engines.results import results_document, run_id_for, write_results
+from absclip.engines.results import results_document, run_id_for, tally, write_results
 from absclip.errors import AbsclipError, BadImageError
 from absclip.io.files import atomic_write_json
-from absclip.io.images import ImageItem, make_item
-from absclip.io.records import LOCAL_ROWS, SUMMARY, PredictionLog, RowLog, prediction_rows
+from absclip.io.images import DEFAULT_MAX_PIXELS, ImageItem, make_item
+from absclip.io.records import LOCAL_ROWS, SUMMARY, JsonlRecordWriter, RecordWriter, make_records, sample_identity
 from absclip.io.sources import Sample
 from absclip.methods.batch import BatchContext
 
@@ -89,6 +91,101 @@ def predict_batch(
     return ranked, seconds
 
 
+@dataclass
+class LoopStats:
+    """What one pass of :func:`predict_records` did.
+
+    Attributes:
+        todo: images it had to predict (the others were done by an earlier run).
+        method_seconds: per method, compute seconds of this pass.
+    """
+
+    todo: int
+    method_seconds: dict[str, float]
+
+
+def predict_records(
+    clf: Classifier,
+    samples: Sequence[Sample],
+    methods: Sequence[str],
+    writer: RecordWriter,
+    *,
+    run_id: str,
+    labelled: bool,
+    top: int,
+    desc: str,
+    progress: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> LoopStats:
+    """The local engine's one loop: predict every sample not yet done in ``writer`` and write its records.
+
+    Batches of ``clf.batch_size`` images are decoded (an unreadable image becomes records with
+    ``skip_reason``), predicted with :func:`predict_batch`, and written one record per (image,
+    method) as soon as known. A sample is done when ``writer.done`` holds a record for each
+    method, keyed by :func:`absclip.io.records.record_key`. SIGTERM is treated as Ctrl-C.
+
+    Args:
+        clf: the classifier, classes set.
+        samples: the images (listed twice: predicted once).
+        methods: method names.
+        writer: where records go; its ``done`` says what an earlier run finished.
+        run_id: the settings hash recorded in every record.
+        labelled: record each sample's label (eval) or None (label).
+        top: classes kept per record.
+        desc: the progress bar's name.
+        progress: show a progress bar.
+        max_pixels: largest image decoded (None: no limit).
+    """
+    from tqdm.auto import tqdm
+
+    methods = list(methods)
+    first: dict[str, Sample] = {}
+    for s in samples:
+        first.setdefault(sample_identity(s.path), s)
+    unique = list(first.values())
+    todo = [s for s in unique if not all((sample_identity(s.path), m) in writer.done for m in methods)]
+    if len(todo) < len(unique):
+        log.warning("Resuming: %d of %d images already done in %s.", len(unique) - len(todo), len(unique),
+                    getattr(writer, "path", "the output"))
+    common = {"seed": clf.seed, "run": run_id, "attempt": f"{time.time_ns():x}", "top": top}
+
+    def write(s: Sample, key: str | None, ranked: dict[str, Any] | None, ms: Sequence[str],
+              reason: str | None = None, seconds: dict[str, float] | None = None) -> None:
+        label = s.label if labelled else None
+        for rec in make_records(s.path, label, key, ranked, ms, skip_reason=reason, seconds=seconds, **common):
+            if (sample_identity(s.path), rec["method"]) not in writer.done:
+                writer.write(rec)
+
+    bar = tqdm(total=len(unique), initial=len(unique) - len(todo), desc=desc, unit="img", disable=not progress,
+               dynamic_ncols=True)
+    method_seconds = dict.fromkeys(methods, 0.0)
+    try:
+        with sigterm_as_interrupt():
+            for i in range(0, len(todo), clf.batch_size):
+                items: list[ImageItem] = []
+                kept: list[Sample] = []
+                for s in todo[i : i + clf.batch_size]:
+                    try:
+                        items.append(make_item(s.path, max_pixels=max_pixels))
+                        kept.append(s)
+                    except BadImageError as e:
+                        write(s, None, None, methods, reason=str(e))
+                        bar.update(1)
+                if not items:
+                    continue
+                ranked, secs = predict_batch(clf, clf.context(items, methods), methods, top)
+                share = {m: t / len(items) for m, t in secs.items()}
+                for m in methods:  # method by method, as each method's batch is one computation
+                    method_seconds[m] += secs[m]
+                    for b, (s, it) in enumerate(zip(kept, items)):
+                        write(s, it.key, {m: ranked[m][b]}, [m], seconds=share)
+                bar.update(len(items))
+    finally:
+        bar.close()
+        writer.close()
+    return LoopStats(len(todo), method_seconds)
+
+
 def evaluate(
     clf: Classifier,
     samples: Sequence[Sample],
@@ -101,19 +198,18 @@ def evaluate(
     resume: bool = True,
     overwrite: bool = False,
     progress: bool = True,
-    max_pixels: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     extra_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``methods`` on labelled ``samples``; write predictions (JSONL) and results (JSON).
+    """Evaluate ``methods`` on labelled ``samples``; write prediction records (JSONL) and results (JSON).
 
     Returns the results document written to ``output``. If ``output`` contains ``{method}``, one
     CLIP_benchmark-style file per method is written instead (the returned document lists them).
+    The records (default ``<output stem>.predictions.jsonl``) keep ``max(top, 5)`` classes each.
 
     Raises:
         AbsclipError: bad settings, a predictions file from another run.
     """
-    from tqdm.auto import tqdm
-
     if not samples:
         raise AbsclipError("There are no images to evaluate.")
     methods = list(dict.fromkeys(methods))
@@ -124,58 +220,18 @@ def evaluate(
     run_id = run_id_for(spec)
     if overwrite and pred_path.exists():
         pred_path.unlink()
-    plog = PredictionLog.open(pred_path, run_id, resume=resume)
+    writer = JsonlRecordWriter.open(pred_path, run_id, resume=resume)
     t0 = time.perf_counter()
-    todo = [s for s in samples if s.path not in plog.skipped and not all((s.path, m) in plog.done for m in methods)]
-    if len(todo) < len(samples):
-        log.warning("Resuming: %d of %d images already done in %s.", len(samples) - len(todo), len(samples), pred_path)
-    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc="eval", unit="img", disable=not progress,
-               dynamic_ncols=True)
-    method_seconds = dict.fromkeys(methods, 0.0)
-    try:
-        with sigterm_as_interrupt():
-            for i in range(0, len(todo), clf.batch_size):
-                chunk = todo[i : i + clf.batch_size]
-                items: list[ImageItem] = []
-                kept: list[Sample] = []
-                for s in chunk:
-                    try:
-                        items.append(make_item(s.path, max_pixels=max_pixels) if max_pixels else make_item(s.path))
-                        kept.append(s)
-                    except BadImageError as e:
-                        plog.write({"file": s.path, "label": s.label, "skipped": True, "reason": str(e)})
-                        bar.update(1)
-                if not items:
-                    continue
-                ranked_by_method, secs = predict_batch(clf, clf.context(items, methods), methods, top)
-                for m in methods:
-                    method_seconds[m] += secs[m]
-                    for s, r in zip(kept, ranked_by_method[m]):
-                        if (s.path, m) in plog.done:
-                            continue
-                        plog.write({
-                            "file": s.path, "method": m, "label": s.label, "pred": r[0]["index"],
-                            "topk": [x["index"] for x in r], "topk_labels": [x["label"] for x in r],
-                            "scores": [round(x["score"], 6) for x in r], "logits": [round(x["logit"], 6) for x in r],
-                        })
-                bar.update(len(kept))
-    finally:
-        bar.close()
-        plog.close()
+    stats = predict_records(clf, samples, methods, writer, run_id=run_id, labelled=True, top=max(top, 5),
+                            desc="eval", progress=progress, max_pixels=max_pixels)
     elapsed = time.perf_counter() - t0
-
-    order = [s.path for s in samples]
-    records = {m: [(plog.done[(p, m)]["label"], plog.done[(p, m)]["topk"]) for p in order if (p, m) in plog.done]
-               for m in methods}
+    per_method, skipped = tally(list(writer.done.values()), [s.path for s in samples], methods)
     doc = results_document(
-        spec, records, model=clf.backbone.name, pretrained=clf.backbone.pretrained, dataset=dataset,
-        images=len(samples), skipped=[{"file": f, "reason": r} for f, r in plog.skipped.items()],
-        predictions=str(pred_path), seconds=elapsed, images_this_run=len(todo), method_seconds=method_seconds,
-        extra_config=extra_config,
+        spec, per_method, model=clf.backbone.name, pretrained=clf.backbone.pretrained, dataset=dataset,
+        images=len(samples), skipped=skipped, predictions=str(pred_path), seconds=elapsed,
+        images_this_run=stats.todo, method_seconds=stats.method_seconds, extra_config=extra_config,
     )
     return write_results(doc, out_path)
-
-log = logging.getLogger(__name__)
 
 
 def label_images(
@@ -188,10 +244,10 @@ def label_images(
     resume: bool = True,
     overwrite: bool = False,
     progress: bool = True,
-    max_pixels: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     extra_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Label images without ground truth; write prediction rows to ``output/predictions.jsonl``.
+    """Label images without ground truth; write prediction records to ``output/predictions.jsonl``.
 
     Returns the summary also written to ``output/_summary.json``: ``images``, ``labelled``,
     ``skipped`` (``[{file, reason}]``), ``run``, ``predictions``, ``config`` and ``timing``.
@@ -199,57 +255,26 @@ def label_images(
     Raises:
         AbsclipError: no images, bad settings, an output folder written with other settings.
     """
-    from tqdm.auto import tqdm
-
-    from absclip.errors import AbsclipError
-
     if not paths:
         raise AbsclipError("There are no images to label.")
     methods = list(dict.fromkeys(methods))
     spec = run_spec(clf, methods, top)
     run_id = run_id_for(spec)
-    attempt = f"{time.time_ns():x}"
     out = Path(output)
     rows_path = out / LOCAL_ROWS
     if overwrite and rows_path.exists():
         rows_path.unlink()
-    rlog = RowLog.open(rows_path, run_id, resume=resume)
-    todo = [p for p in dict.fromkeys(paths) if p not in rlog.skipped and not all((p, m) in rlog.done for m in methods)]
-    if len(todo) < len(paths):
-        log.warning("Resuming: %d of %d images already done in %s.", len(paths) - len(todo), len(paths), rows_path)
+    writer = JsonlRecordWriter.open(rows_path, run_id, resume=resume)
     t0 = time.perf_counter()
-    bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc="label", unit="img", disable=not progress,
-               dynamic_ncols=True)
-    common = {"seed": clf.seed, "run": run_id, "attempt": attempt, "top": top}
-    try:
-        with sigterm_as_interrupt():
-            for i in range(0, len(todo), clf.batch_size):
-                items: list[ImageItem] = []
-                for p in todo[i : i + clf.batch_size]:
-                    try:
-                        items.append(make_item(p, max_pixels=max_pixels) if max_pixels else make_item(p))
-                    except BadImageError as e:
-                        for row in prediction_rows(p, None, None, None, methods, skip_reason=str(e), **common):
-                            rlog.write(row)
-                        bar.update(1)
-                if not items:
-                    continue
-                ranked, secs = predict_batch(clf, clf.context(items, methods), methods, top)
-                share = {m: s / len(items) for m, s in secs.items()}
-                for b, it in enumerate(items):
-                    for row in prediction_rows(it.source, None, it.key, {m: ranked[m][b] for m in methods}, methods,
-                                               seconds=share, **common):
-                        rlog.write(row)
-                bar.update(len(items))
-    finally:
-        bar.close()
-        rlog.close()
+    stats = predict_records(clf, [Sample(p, -1) for p in paths], methods, writer, run_id=run_id, labelled=False,
+                            top=top, desc="label", progress=progress, max_pixels=max_pixels)
     elapsed = time.perf_counter() - t0
-    skipped = [{"file": f, "reason": r} for f, r in rlog.skipped.items()]
+    _, skipped = tally(list(writer.done.values()), paths, methods)
     summary = {
         "run": run_id, "engine": "local", "images": len(paths), "labelled": len(paths) - len(skipped),
         "skipped": skipped, "predictions": str(rows_path), "config": {**spec, **(extra_config or {})},
-        "timing": {"seconds": round(elapsed, 3), "images_per_s": round(len(todo) / elapsed, 4) if elapsed else None},
+        "timing": {"seconds": round(elapsed, 3),
+                   "images_per_s": round(stats.todo / elapsed, 4) if elapsed else None},
     }
     atomic_write_json(out / SUMMARY, summary)
     return summary

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from absclip.io.files import atomic_write_json
+from absclip.io.records import record_key, sample_identity
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,26 @@ def compute_metrics(labels: Sequence[int], topk: Sequence[Sequence[int]], num_cl
 def run_id_for(spec: dict[str, Any]) -> str:
     """Return a short hash of everything that changes predictions (model, weights, texts, settings, seed)."""
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def tally(
+    records: Sequence[dict[str, Any]], order: Sequence[str], methods: Sequence[str]
+) -> tuple[dict[str, list[tuple[int, list[int]]]], list[dict[str, str]]]:
+    """Return ``({method: [(label, topk)]}, [{file, reason}])`` from prediction records, in ``order``.
+
+    The one reading of records into metrics inputs, for every engine. ``records`` hold one record
+    per (image, method) (:func:`absclip.io.records.unique_records`); ``order`` lists the data set's
+    images (paths or URIs); records of other images are ignored, skipped images are listed once.
+    """
+    by_key = {record_key(r): r for r in records}
+    ids = list(dict.fromkeys(sample_identity(p) for p in order))
+    skipped: dict[str, str] = {}
+    for r in records:
+        if r["skip_reason"]:
+            skipped.setdefault(record_key(r)[0], r["skip_reason"])
+    per_method = {m: [(by_key[(i, m)]["label"], by_key[(i, m)]["topk"]) for i in ids
+                      if (i, m) in by_key and not by_key[(i, m)]["skip_reason"]] for m in methods}
+    return per_method, [{"file": i, "reason": skipped[i]} for i in ids if i in skipped]
 
 
 def results_document(

@@ -1,90 +1,90 @@
-"""The prediction record: one schema for every engine, command and the report; JSONL writer/reader."""
+"""The prediction record: one schema for every engine, command and the report; its writer and reader.
+
+One record per (image, method), the same in ``absclip eval`` and ``absclip label``, on the local
+engine (JSONL, :class:`JsonlRecordWriter`) and on Ray (Parquet shards with :func:`record_schema`).
+An image that could not be read is a record too, with ``skip_reason`` set and no prediction.
+The field names, types and meanings are those of :class:`Prediction`, and nothing else: the
+Arrow schema is derived from its annotations. :func:`read_records` reads either form back."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from absclip.errors import AbsclipError
+from absclip.io.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class PredictionLog:
-    """The JSONL predictions file: one line per (image, method), each flushed when written."""
+def _doc(meaning: str) -> Any:
+    return field(metadata={"doc": meaning})
 
-    path: Path
-    run_id: str
-    done: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
 
-    @classmethod
-    def open(cls, path: str | os.PathLike, run_id: str, *, resume: bool) -> PredictionLog:
-        """Read finished lines of a previous run (when resuming) and drop a torn last line."""
-        p = Path(path)
-        log_ = cls(p, run_id)
-        if p.exists() and p.stat().st_size > 0:
-            if not resume:
-                raise AbsclipError(f"{p} already exists; pass --resume to continue it or --overwrite to start over.")
-            good: list[str] = []
-            for line in p.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line torn by a kill: recomputed
-                if rec.get("run") != run_id:
-                    raise AbsclipError(
-                        f"{p} was written with different settings (run {rec.get('run')} vs {run_id}); use another "
-                        "--output or --overwrite instead of mixing results."
-                    )
-                good.append(line)
-                log_._remember(rec)
-            tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-            tmp.write_text("".join(g + "\n" for g in good), encoding="utf-8")
-            os.replace(tmp, p)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        log_._fh = open(p, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        return log_
+@dataclass(frozen=True)
+class Prediction:
+    """One prediction record (one image, one method). Records travel as plain dicts with these keys, in this order."""
 
-    def write(self, rec: dict[str, Any]) -> None:
-        """Append one record and flush it to the OS at once."""
-        rec = {"run": self.run_id, **rec}
-        self._fh.write(json.dumps(rec) + "\n")
-        self._fh.flush()
-        self._remember(rec)
+    path: str = _doc("the image path or URI: the sample's identity (see record_key)")
+    label: int | None = _doc("ground-truth class index; None without ground truth (absclip label)")
+    method: str = _doc("the method that made the prediction")
+    pred: int | None = _doc("predicted class index (topk[0]); None when skipped")
+    pred_label: str | None = _doc("predicted class name; None when skipped")
+    score: float | None = _doc("softmax probability of pred; None when skipped")
+    topk: list[int] = _doc("class indices, best first (empty when skipped)")
+    topk_labels: list[str] = _doc("their class names")
+    topk_scores: list[float] = _doc("their softmax probabilities")
+    topk_logits: list[float] = _doc("their logits")
+    seed: int = _doc("the run seed")
+    key: str | None = _doc("the image's content key (absclip.io.images.image_key); None when skipped")
+    skip_reason: str | None = _doc("why the image could not be read (then no prediction); None otherwise")
+    run: str = _doc("the run id: hash of every setting that changes predictions (engines.results.run_id_for)")
+    attempt: str = _doc("id of the invocation that wrote the record (a resumed run has several)")
+    seconds: float = _doc("this image's share of the batch's compute time for this method")
 
-    def _remember(self, rec: dict[str, Any]) -> None:
-        """Note a record as done (``done[(file, method)]``) or skipped (``skipped[file] = reason``)."""
-        if rec.get("skipped"):
-            self.skipped[rec["file"]] = rec["reason"]
-        else:
-            self.done[(rec["file"], rec["method"])] = rec
 
-    def close(self) -> None:
-        """Flush to disk and close."""
-        fh = getattr(self, "_fh", None)
-        if fh is not None and not fh.closed:
-            fh.flush()
-            os.fsync(fh.fileno())
-            fh.close()
-
-log = logging.getLogger(__name__)
-
-#: columns of a prediction row, in order (the Parquet schema of :mod:`absclip.engines.ray` has the same names)
-ROW_FIELDS = ("path", "label", "method", "pred", "pred_label", "score", "topk", "topk_labels", "topk_scores",
-              "topk_logits", "seed", "key", "skip_reason", "run", "attempt", "seconds")
+#: the record's field names, in order
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Prediction))
+ROW_FIELDS = FIELDS  # the name before records were unified
 
 LOCAL_ROWS = "predictions.jsonl"
 SUMMARY = "_summary.json"
 
+_ARROW = {"str": "string", "int": "int64", "float": "float64"}
 
-def prediction_rows(
+
+def record_schema() -> Any:
+    """Return the pyarrow schema of records (Parquet shards), derived from :class:`Prediction`'s annotations."""
+    import pyarrow as pa
+
+    fields = []
+    for f in dataclasses.fields(Prediction):
+        t = str(f.type).replace(" | None", "")
+        if t.startswith("list["):
+            typ = pa.list_(pa.type_for_alias(_ARROW[t[5:-1]]))
+        else:
+            typ = pa.type_for_alias(_ARROW[t])
+        fields.append(pa.field(f.name, typ, metadata={"doc": f.metadata["doc"]}))
+    return pa.schema(fields)
+
+
+def record_key(rec: dict[str, Any]) -> tuple[str, str]:
+    """Return what identifies a record when resuming or de-duplicating: ``(sample identity, method)``."""
+    return sample_identity(rec["path"]), rec["method"]
+
+
+def sample_identity(path: str) -> str:
+    """Return a sample's identity (its path or URI today; the one place to change for sample ids)."""
+    return path
+
+
+def make_records(
     path: str,
     label: int | None,
     key: str | None,
@@ -98,7 +98,7 @@ def prediction_rows(
     skip_reason: str | None = None,
     seconds: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """Return one row per method for one image (see :data:`ROW_FIELDS`).
+    """Return one record per method for one image (see :class:`Prediction`).
 
     Args:
         path: the image path or URI.
@@ -107,31 +107,158 @@ def prediction_rows(
         ranked: ``{method: [{label, score, logit, index}, ...]}`` best first (None when skipped).
         methods: the methods, in order.
         seed / run / attempt: the run seed, run id (settings hash) and this invocation's id.
-        top: how many classes to keep per row.
+        top: how many classes to keep per record.
         skip_reason: why the image was skipped (then the prediction fields are None/empty).
         seconds: per method, this image's share of the batch's compute time.
     """
-    rows = []
+    out = []
     for m in methods:
-        r = (ranked or {}).get(m) or []
-        r = r[:top]
-        rows.append({
-            "path": path, "label": label, "method": m,
-            "pred": r[0]["index"] if r else None, "pred_label": r[0]["label"] if r else None,
-            "score": round(r[0]["score"], 6) if r else None,
-            "topk": [x["index"] for x in r], "topk_labels": [x["label"] for x in r],
-            "topk_scores": [round(x["score"], 6) for x in r], "topk_logits": [round(x["logit"], 6) for x in r],
-            "seed": seed, "key": key, "skip_reason": skip_reason, "run": run, "attempt": attempt,
-            "seconds": round((seconds or {}).get(m, 0.0), 6),
-        })
-    return rows
+        r = ((ranked or {}).get(m) or [])[:top]
+        rec = Prediction(
+            path=path, label=label, method=m,
+            pred=r[0]["index"] if r else None, pred_label=r[0]["label"] if r else None,
+            score=round(r[0]["score"], 6) if r else None,
+            topk=[x["index"] for x in r], topk_labels=[x["label"] for x in r],
+            topk_scores=[round(x["score"], 6) for x in r], topk_logits=[round(x["logit"], 6) for x in r],
+            seed=seed, key=key, skip_reason=skip_reason, run=run, attempt=attempt,
+            seconds=round((seconds or {}).get(m, 0.0), 6),
+        )
+        out.append(dataclasses.asdict(rec))
+    return out
 
 
-class RowLog(PredictionLog):
-    """A JSONL file of prediction rows, resumable like the evaluation log (keyed by path and method)."""
+def records_table(records: Sequence[dict[str, Any]]) -> Any:
+    """Return records as a pyarrow table with :func:`record_schema` (what a Parquet shard holds)."""
+    import pyarrow as pa
 
-    def _remember(self, rec: dict[str, Any]) -> None:
-        if rec.get("skip_reason"):
-            self.skipped[rec["path"]] = rec["skip_reason"]
-        else:
-            self.done[(rec["path"], rec["method"])] = rec
+    return pa.Table.from_pylist(list(records), schema=record_schema())
+
+
+def _check_fields(rec: dict[str, Any], where: object) -> None:
+    if tuple(rec) != FIELDS:
+        raise AbsclipError(f"{where} holds records of another format (fields {sorted(rec)}); it was written by "
+                           "another absclip version. Use another --output or --overwrite.")
+
+
+class RecordWriter(Protocol):
+    """Where an engine's loop writes records: what is already done (for resuming), then each new record."""
+
+    done: dict[tuple[str, str], dict[str, Any]]
+
+    def write(self, rec: dict[str, Any]) -> None:
+        """Write one record (durably enough that an interrupted run keeps it)."""
+
+    def close(self) -> None:
+        """Flush and close."""
+
+
+@dataclass
+class JsonlRecordWriter:
+    """The JSONL form: one record per line, each flushed when written; resumable.
+
+    :meth:`open` reads the records of a previous run, drops a line torn by a kill, and refuses a
+    file written with other settings (another run id) or in another format.
+
+    Attributes:
+        done: ``{record_key: record}`` of every record in the file (skipped images included).
+    """
+
+    path: Path
+    run_id: str
+    done: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, run_id: str, *, resume: bool) -> JsonlRecordWriter:
+        """Open ``path`` for appending, first reading the finished records of a previous run when ``resume``."""
+        p = Path(path)
+        w = cls(p, run_id)
+        if p.exists() and p.stat().st_size > 0:
+            if not resume:
+                raise AbsclipError(f"{p} already exists; pass --resume to continue it or --overwrite to start over.")
+            good: list[str] = []
+            for line, rec in _jsonl_lines(p):
+                _check_fields(rec, p)
+                if rec["run"] != run_id:
+                    raise AbsclipError(
+                        f"{p} was written with different settings (run {rec['run']} vs {run_id}); use another "
+                        "--output or --overwrite instead of mixing results."
+                    )
+                good.append(line)
+                w.done.setdefault(record_key(rec), rec)
+            atomic_write_text(p, "".join(g + "\n" for g in good))  # without the torn last line
+        p.parent.mkdir(parents=True, exist_ok=True)
+        w._fh = open(p, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        return w
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """``{sample identity: skip reason}`` of the images that could not be read."""
+        return {k[0]: r["skip_reason"] for k, r in self.done.items() if r["skip_reason"]}
+
+    def write(self, rec: dict[str, Any]) -> None:
+        """Append one record and flush it to the OS at once."""
+        _check_fields(rec, self.path)
+        if rec["run"] != self.run_id:
+            raise ValueError(f"record of run {rec['run']} written to a file of run {self.run_id}")
+        self._fh.write(json.dumps(rec) + "\n")
+        self._fh.flush()
+        self.done.setdefault(record_key(rec), rec)
+
+    def close(self) -> None:
+        """Flush to disk and close."""
+        fh = getattr(self, "_fh", None)
+        if fh is not None and not fh.closed:
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+
+
+def _jsonl_lines(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill: its record is computed again
+        if isinstance(rec, dict):
+            yield line, rec
+
+
+def read_records(source: str | os.PathLike, *, run: str | None = None) -> list[dict[str, Any]]:
+    """Return the records of a JSONL file or a folder of Parquet shards (local path or URI), in stored order.
+
+    A torn JSONL line is ignored. With ``run``, records of other runs are left out.
+
+    Raises:
+        AbsclipError: no such file or folder, unreadable shards, records of another format.
+    """
+    src = str(source)
+    if "://" not in src and Path(src).is_file():
+        recs = [rec for _, rec in _jsonl_lines(Path(src))]
+        for rec in recs[:1]:
+            _check_fields(rec, src)
+    elif "://" in src or Path(src).is_dir():
+        from absclip.io.shards import OutputDir  # pyarrow only; no Ray needed
+
+        out = OutputDir(src)
+        if not out.shards():
+            raise AbsclipError(f"{src} holds no Parquet prediction shards.")
+        recs = out.read().to_pylist()
+    else:
+        raise AbsclipError(f"The predictions file {src} does not exist.")
+    return [r for r in recs if run is None or r["run"] == run]
+
+
+def unique_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return ``records`` with one per :func:`record_key` (the first), warning if there were duplicates."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    n = 0
+    for r in records:
+        n += 1
+        k = record_key(r)
+        if k not in seen:
+            seen.add(k)
+            out.append(r)
+    if len(out) < n:
+        log.warning("%d duplicate prediction records ignored (each (image, method) counted once).", n - len(out))
+    return out

@@ -28,7 +28,6 @@ from absclip.engines.ray.inputs import LISTING_SUFFIXES, read_listing, resolve_l
 from absclip.engines.ray.options import ClassifierRecipe, RayOptions
 from absclip.engines.ray.plan import ATTENTION_CPUS, DECODE_CPUS, WRITE_CPUS, Plan, make_plan
 from absclip.engines.ray.session import RAY_HINT, import_ray, ray_session
-from absclip.engines.ray.shards import OutputDir, row_schema
 from absclip.engines.ray.stages import (
     DRAW_FIELDS,
     AttentionMaps,
@@ -37,7 +36,8 @@ from absclip.engines.ray.stages import (
     decode_images,
     prepare_text,
 )
-from absclip.engines.ray.uris import read_bytes, split_uri
+from absclip.io.shards import OutputDir, row_schema
+from absclip.io.uris import read_bytes, split_uri
 
 __all__ = [
     "ATTENTION_CPUS", "DECODE_CPUS", "DRAW_FIELDS", "LISTING_SUFFIXES", "RAY_HINT", "WRITE_CPUS",

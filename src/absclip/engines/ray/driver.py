@@ -15,9 +15,9 @@ from absclip.engines.ray.inputs import read_listing
 from absclip.engines.ray.options import ClassifierRecipe, RayOptions
 from absclip.engines.ray.plan import ATTENTION_CPUS, DECODE_CPUS, WRITE_CPUS, Plan, make_plan
 from absclip.engines.ray.session import _unwrapped, ray_session
-from absclip.engines.ray.shards import OutputDir
 from absclip.engines.ray.stages import AttentionMaps, EncodeAndScore, decode_images, prepare_text
 from absclip.errors import AbsclipError
+from absclip.io.shards import OutputDir
 
 log = logging.getLogger(__package__)  # "absclip.engines.ray", the logger of the module before the split
 

@@ -1,5 +1,5 @@
 """The two commands on Ray: :func:`evaluate_ray` (the same results JSON as the local engine) and
-:func:`label_ray` (Parquet prediction rows plus ``_summary.json``), both reading back one :func:`run_pipeline`."""
+:func:`label_ray` (Parquet prediction records plus ``_summary.json``), both reading back one :func:`run_pipeline`."""
 
 from __future__ import annotations
 
@@ -10,27 +10,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from absclip.engines.ray.driver import run_pipeline
+from absclip.engines.ray.driver import RayRun, run_pipeline
 from absclip.engines.ray.options import ClassifierRecipe
-from absclip.engines.ray.shards import OutputDir
+from absclip.io.shards import OutputDir
 
 log = logging.getLogger(__package__)  # "absclip.engines.ray", the logger of the module before the split
 
 
-def _dedup(rows: Any) -> list[dict[str, Any]]:
-    """Return rows as dicts, one per (path, method) (the first), warning if there were duplicates."""
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for r in rows.to_pylist():
-        k = (r["path"], r["method"])
-        if k in seen:
-            continue
-        seen.add(k)
-        out.append(r)
-    if len(out) < rows.num_rows:
-        log.warning("%d duplicate prediction rows ignored (each (image, method) counted once).",
-                    rows.num_rows - len(out))
-    return out
+def _records(run: RayRun) -> list[dict[str, Any]]:
+    """Return the run's records (one per image and method: the first) as dicts."""
+    from absclip.io.records import unique_records
+
+    return unique_records(run.rows.to_pylist())
 
 
 def evaluate_ray(
@@ -50,29 +41,22 @@ def evaluate_ray(
     Returns the results document. ``predictions`` is the Parquet folder (default: next to
     ``output``, ``<name>.predictions``); other keyword arguments go to :func:`run_pipeline`.
     """
-    from absclip.engines.results import results_document, write_results
+    from absclip.engines.results import results_document, tally, write_results
 
     out_path = str(output)
     pred_dir = predictions or out_path.replace("{method}", "all").rsplit(".json", 1)[0] + ".predictions"
     t0 = time.perf_counter()
     run = run_pipeline(recipe, data, methods, output=pred_dir, labelled=True, top=top, keep=max(top, 5), **kwargs)
     methods = list(dict.fromkeys(methods))
-    rows = _dedup(run.rows)
-    by_key = {(r["path"], r["method"]): r for r in rows}
-    skipped: dict[str, str] = {}
-    for r in rows:
-        if r["skip_reason"]:
-            skipped.setdefault(r["path"], r["skip_reason"])
+    rows = _records(run)
     order = list(dict.fromkeys(run.paths))
-    records = {m: [(by_key[(p, m)]["label"], by_key[(p, m)]["topk"]) for p in order
-                   if (p, m) in by_key and not by_key[(p, m)]["skip_reason"]] for m in methods}
+    per_method, skipped = tally(rows, order, methods)
     mine = [r for r in rows if r["attempt"] == run.attempt]
     method_seconds = {m: sum(r["seconds"] for r in mine if r["method"] == m) for m in methods}
     doc = results_document(
-        run.meta["spec"], records, model=run.meta["model"], pretrained=run.meta["pretrained"], dataset=dataset,
-        images=len(order), skipped=[{"file": p, "reason": skipped[p]} for p in order if p in skipped],
-        predictions=pred_dir, seconds=run.seconds, images_this_run=len({r["path"] for r in mine}),
-        method_seconds=method_seconds,
+        run.meta["spec"], per_method, model=run.meta["model"], pretrained=run.meta["pretrained"], dataset=dataset,
+        images=len(order), skipped=skipped, predictions=pred_dir, seconds=run.seconds,
+        images_this_run=len({r["path"] for r in mine}), method_seconds=method_seconds,
         extra_config={**(extra_config or {}), "engine": "ray", "ray": dataclasses.asdict(run.plan),
                       "seconds_total": round(time.perf_counter() - t0, 3)},
     )
@@ -89,24 +73,22 @@ def label_ray(
     extra_config: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Label images on Ray: Parquet prediction rows in ``output`` plus ``output/_summary.json``.
+    """Label images on Ray: Parquet prediction records in ``output`` plus ``output/_summary.json``.
 
     Returns the summary (the same keys as :func:`absclip.engines.local.label_images`).
     """
+    from absclip.engines.results import tally
     from absclip.io.records import SUMMARY
 
     t0 = time.perf_counter()
     run = run_pipeline(recipe, data, methods, output=output, labelled=False, top=top, **kwargs)
-    rows = _dedup(run.rows)
-    skipped: dict[str, str] = {}
-    for r in rows:
-        if r["skip_reason"]:
-            skipped.setdefault(r["path"], r["skip_reason"])
+    rows = _records(run)
     order = list(dict.fromkeys(run.paths))
+    _, skipped = tally(rows, order, list(dict.fromkeys(methods)))
     mine = {r["path"] for r in rows if r["attempt"] == run.attempt}
     summary = {
         "run": run.run_id, "engine": "ray", "images": len(order), "labelled": len(order) - len(skipped),
-        "skipped": [{"file": p, "reason": skipped[p]} for p in order if p in skipped], "predictions": output,
+        "skipped": skipped, "predictions": output,
         "config": {**run.meta["spec"], **(extra_config or {}), "ray": dataclasses.asdict(run.plan)},
         "timing": {"seconds": round(run.seconds, 3),
                    "images_per_s": round(len(mine) / run.seconds, 4) if run.seconds else None,

@@ -7,10 +7,10 @@ import os
 from typing import Any
 
 from absclip.engines.ray.session import _unwrapped, import_ray
-from absclip.engines.ray.uris import split_uri
 from absclip.errors import AbsclipError
 from absclip.io.images import IMAGE_EXTENSIONS
 from absclip.io.sources import LISTING_NAMES, listing_columns
+from absclip.io.uris import split_uri
 from absclip.text.classes import ClassList
 
 LISTING_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")

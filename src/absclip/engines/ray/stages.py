@@ -12,9 +12,8 @@ from typing import Any
 from absclip.attention.sources import AttentionSource
 from absclip.core.settings import ABSConfig
 from absclip.engines.ray.options import ClassifierRecipe
-from absclip.engines.ray.shards import row_schema
-from absclip.engines.ray.uris import read_bytes
 from absclip.errors import AbsclipError, BadImageError
+from absclip.io.uris import read_bytes
 
 log = logging.getLogger(__package__)  # "absclip.engines.ray", the logger of the module before the split
 
@@ -171,7 +170,7 @@ class GivenAttention(AttentionSource):
 
 
 class EncodeAndScore:
-    """Actor stage: encode images and score them with every method; returns prediction rows.
+    """Actor stage: encode images and score them with every method; returns prediction records (a table).
 
     The model is loaded once per actor; the text side arrives prepared (``methods``, an object
     reference or the dict itself) and is never encoded here.
@@ -215,12 +214,11 @@ class EncodeAndScore:
         raise RuntimeError(f"fault injection: error raised on batch {self.calls}")
 
     def __call__(self, batch: Any) -> Any:
-        import pyarrow as pa
         import torch
 
         from absclip.core.sampling import ABSDraws
         from absclip.engines.local import predict_batch
-        from absclip.io.records import prediction_rows
+        from absclip.io.records import make_records, records_table
 
         self.calls += 1
         self._maybe_fault()
@@ -252,8 +250,8 @@ class EncodeAndScore:
             label = cols["label"][i]
             if i in pos:
                 b = pos[i]
-                out += prediction_rows(path, label, items[b].key, {m: ranked[m][b] for m in methods}, methods,
-                                       seconds=share, **common)
+                out += make_records(path, label, items[b].key, {m: ranked[m][b] for m in methods}, methods,
+                                    seconds=share, **common)
             else:
-                out += prediction_rows(path, label, None, None, methods, skip_reason=cols["skip_reason"][i], **common)
-        return pa.Table.from_pylist(out, schema=row_schema())
+                out += make_records(path, label, None, None, methods, skip_reason=cols["skip_reason"][i], **common)
+        return records_table(out)

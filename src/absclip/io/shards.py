@@ -1,5 +1,8 @@
-"""The output folder: the Parquet schema of prediction rows and :class:`OutputDir` (list, read and
-clear the shards, delete a shard torn by a kill on resume, write ``_run.json`` and ``_summary.json``)."""
+"""A folder of Parquet prediction shards, a local path or any URI pyarrow reads (pyarrow only, no Ray).
+
+:class:`OutputDir` lists, reads and clears the shards, deletes a shard torn by a kill on resume,
+and writes ``_run.json`` and ``_summary.json``; the shards hold prediction records
+(:func:`absclip.io.records.record_schema`)."""
 
 from __future__ import annotations
 
@@ -9,26 +12,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from absclip.engines.ray.uris import split_uri
 from absclip.errors import AbsclipError
+from absclip.io.uris import split_uri
 
-log = logging.getLogger(__package__)  # "absclip.engines.ray", the logger of the module before the split
+log = logging.getLogger(__name__)
 
 
 def row_schema() -> Any:
-    """Return the Parquet schema of prediction rows (:data:`absclip.io.records.ROW_FIELDS`)."""
-    import pyarrow as pa
+    """Return the Parquet schema of the shards: the prediction record's (:func:`absclip.io.records.record_schema`)."""
+    from absclip.io.records import record_schema
 
-    from absclip.io.records import ROW_FIELDS
-
-    types = {
-        "path": pa.string(), "label": pa.int64(), "method": pa.string(), "pred": pa.int64(),
-        "pred_label": pa.string(), "score": pa.float64(), "topk": pa.list_(pa.int64()),
-        "topk_labels": pa.list_(pa.string()), "topk_scores": pa.list_(pa.float64()),
-        "topk_logits": pa.list_(pa.float64()), "seed": pa.int64(), "key": pa.string(), "skip_reason": pa.string(),
-        "run": pa.string(), "attempt": pa.string(), "seconds": pa.float64(),
-    }
-    return pa.schema([(f, types[f]) for f in ROW_FIELDS])
+    return record_schema()
 
 
 @dataclass
