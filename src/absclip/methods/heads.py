@@ -74,4 +74,5 @@ class WaffleMethod(_ClassifierHead):
     settings: WaffleSettings
 
     def texts(self, inputs: TextInputs) -> list[list[str]]:
-        return text.waffle_bank(inputs.classes, text.tokenizer_vocabulary(), count=self.settings.count, seed=inputs.seed)
+        return text.waffle_bank(inputs.classes, text.tokenizer_vocabulary(), count=self.settings.count,
+                                seed=inputs.seed)
