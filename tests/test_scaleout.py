@@ -57,22 +57,21 @@ def test_plan_defaults():
 def test_actor_stage_without_ray_uses_the_text_it_is_given(backbone):
     """The encode stage, called in this process: text arrives prepared (never encoded again), and its
     predictions equal the classifier's own, with attention and draws from the CPU stage."""
-    import functools
-
     pa = pytest.importorskip("pyarrow")
-    from absclip import ABSConfig, Classifier
+    from absclip import ABSConfig
+    from absclip.api import ClassifierSpec
     from absclip.engines.local import run_spec
     from absclip.engines.ray import AttentionMaps, ClassifierRecipe, EncodeAndScore, decode_images, prepare_text
 
-    build = functools.partial(Classifier.from_pretrained, str(CLIP_CFG), str(CLIP_WEIGHTS), attention_model=str(DINO),
-                              abs_config=ABSConfig(pixel_crops=4, feature_crops=4), use_cache=False)
-    recipe = ClassifierRecipe.from_sources(build, ["tench", "goldfish", "cat"])
+    spec = ClassifierSpec(str(CLIP_CFG), str(CLIP_WEIGHTS), attention_model=str(DINO),
+                          settings=(ABSConfig(pixel_crops=4, feature_crops=4),), use_cache=False)
+    recipe = ClassifierRecipe.from_sources(spec, ["tench", "goldfish", "cat"])
     meta, prepared = prepare_text(recipe, ["clip", "abs"], 3)
     paths = [str(SAMPLE / f) for f in ("n01440764_tench.JPEG", "n01443537_goldfish.JPEG")] + ["/no/such.jpg"]
     batch = decode_images(pa.table({"path": paths, "label": pa.array([0, 1, 2], pa.int64())}))
     assert batch.column("skip_reason").to_pylist()[:2] == [None, None]
-    batch = AttentionMaps(meta["attention"], meta["abs_config"], meta["seed"], meta["clip_grid"],
-                          meta["clip_input"])(batch)
+    assert set(meta["draws"]) == {"abs"}
+    batch = AttentionMaps(meta["attention"], meta["draws"], meta["seed"], meta["backbone_facts"])(batch)
     stage = EncodeAndScore(recipe, prepared, meta, ["clip", "abs"], 3, attempt="t")
     rows = stage(batch).to_pylist()
     assert stage.clf.encoder.encoded_count == 0

@@ -9,8 +9,10 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,8 @@ from PIL import Image
 
 from absclip.attention.factory import load_attention
 from absclip.attention.sources import AttentionSource
-from absclip.backbones.open_clip import ClipBackbone
+from absclip.backbones.base import Backbone
 from absclip.backbones.registry import load_clip
-from absclip.core.settings import ABSConfig, WCAConfig
 from absclip.errors import AbsclipError
 from absclip.io.images import ImageItem, make_item
 from absclip.methods.base import Method, TextInputs, create_method, get_method_class
@@ -37,13 +38,13 @@ class Classifier:
     """A CLIP backbone, an attention source (loaded when a method needs it) and a class text bank.
 
     Args:
-        backbone: from :func:`absclip.backbones.open_clip.load_clip`.
+        backbone: from :func:`absclip.backbones.registry.load_clip`.
         attention_model: ``facebook/dino-vitb16`` (default), a local transformers directory, or
             ``clip`` to use the CLIP model's own last-layer attention.
         settings: method settings, one frozen dataclass instance per settings type (e.g.
             ``[ABSConfig(pixel_crops=20), WCAConfig(crops=30)]``); every method whose
             ``settings_type`` is one of them uses it, the others their defaults (the reference's).
-        abs_config / wca_config: shorthands for an :class:`ABSConfig` / :class:`WCAConfig` in ``settings``.
+        abs_config / wca_config: shorthands kept for existing callers: more instances for ``settings``.
         seed: run seed; every image draws its crops from (seed, image content).
         batch_size: images per batch (never changes results).
         view_batch: views per image-encoder call (None: 32 on the CPU, where larger batches only
@@ -58,12 +59,12 @@ class Classifier:
 
     def __init__(
         self,
-        backbone: ClipBackbone,
+        backbone: Backbone,
         *,
         attention_model: str | AttentionSource | None = None,
         settings: Iterable[Any] = (),
-        abs_config: ABSConfig | None = None,
-        wca_config: WCAConfig | None = None,
+        abs_config: Any = None,
+        wca_config: Any = None,
         seed: int = 0,
         batch_size: int = 8,
         view_batch: int | None = None,
@@ -81,10 +82,13 @@ class Classifier:
         self.attention_layer = attention_layer
         self.attention_rollout = attention_rollout
         self.sink_threshold = sink_threshold
-        self.settings: dict[type, Any] = {type(s): s for s in settings}
-        for s in (abs_config, wca_config):
-            if s is not None:
-                self.settings[type(s)] = s
+        self.settings: dict[type, Any] = {}
+        for s in (*settings, abs_config, wca_config):
+            if s is None:
+                continue
+            if not dataclasses.is_dataclass(s) or isinstance(s, type):
+                raise AbsclipError(f"Method settings must be dataclass instances, got {s!r}.")
+            self.settings[type(s)] = s
         self.seed = int(seed)
         if view_batch is None:
             view_batch = default_view_batch(backbone.device)
@@ -108,7 +112,7 @@ class Classifier:
         precision: str | None = "fp32",
         **kwargs: Any,
     ) -> Classifier:
-        """Return a classifier for an open_clip model (see :func:`absclip.backbones.open_clip.load_clip` for names)."""
+        """Return a classifier for an open_clip model (see :func:`absclip.backbones.registry.load_clip` for names)."""
         return cls(load_clip(model, pretrained, device=device, precision=precision),
                    attention_model=attention_model, **kwargs)
 
@@ -170,7 +174,6 @@ class Classifier:
         if self.inputs is None:
             raise AbsclipError("No classes set: call set_classes(...) first.")
         if name not in self._methods:
-            get_method_class(name)
             cls = get_method_class(name)
             m = create_method(name, self.settings.get(cls.settings_type) if cls.settings_type else None)
             m.prepare(self.inputs, self.encoder)
@@ -271,6 +274,57 @@ class Classifier:
     def logit_scale(self) -> float:
         """The CLIP model's learned logit scale (exp), used to turn cosine logits into probabilities."""
         return self.backbone.logit_scale
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """Everything needed to build a :class:`Classifier` (classes not set), as plain picklable data.
+
+    Scale-out workers receive a spec and call :meth:`build`; the CLI builds one from its options.
+
+    Attributes:
+        model / pretrained / device / precision / quick_gelu / cache_dir: as for
+            :func:`absclip.backbones.registry.load_clip` (``cache_dir``: model downloads).
+        attention_model / attention_layer / attention_rollout / sink_threshold: the attention source.
+        settings: method settings, one dataclass instance per settings type.
+        seed / batch_size / view_batch / crop_workers: as for :class:`Classifier`.
+        text_cache_dir / use_cache: the text-embedding cache.
+    """
+
+    model: str = "ViT-B-16"
+    pretrained: str | None = "openai"
+    device: str | None = "cpu"
+    precision: str | None = "fp32"
+    quick_gelu: bool | None = None
+    cache_dir: str | None = None
+    attention_model: str | None = None
+    attention_layer: int = -1
+    attention_rollout: str | None = None
+    sink_threshold: float | None = None
+    settings: tuple[Any, ...] = ()
+    seed: int = 0
+    batch_size: int = 8
+    view_batch: int | None = None
+    crop_workers: int | None = None
+    text_cache_dir: str | None = None
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "settings", tuple(self.settings))
+
+    def setting(self, settings_type: type) -> Any:
+        """Return the spec's instance of ``settings_type`` (None when it has none)."""
+        return next((s for s in self.settings if type(s) is settings_type), None)
+
+    def build(self) -> Classifier:
+        """Return a new :class:`Classifier` (model loaded, classes not set)."""
+        backbone = load_clip(self.model, self.pretrained, device=self.device, precision=self.precision,
+                             quick_gelu=self.quick_gelu, cache_dir=self.cache_dir)
+        return Classifier(backbone, attention_model=self.attention_model, settings=self.settings, seed=self.seed,
+                          batch_size=self.batch_size, view_batch=self.view_batch, crop_workers=self.crop_workers,
+                          attention_layer=self.attention_layer, cache_dir=self.text_cache_dir,
+                          use_cache=self.use_cache, attention_rollout=self.attention_rollout,
+                          sink_threshold=self.sink_threshold)
 
 
 def _as_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:

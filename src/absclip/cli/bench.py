@@ -36,11 +36,11 @@ def _precisions(text: str) -> tuple[str, ...]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """absclip bench: run the benchmark and print the report (JSON last with --json)."""
-    from absclip.core.settings import ABSConfig, replace_config
     from absclip.diagnostics.bench import BenchSettings, run_benchmark
+    from absclip.methods import create_method
 
-    abs_cfg = replace_config(ABSConfig(), pixel_crops=args.crops, feature_crops=args.feature_crops, top_k=args.top_k,
-                             feature_layer=args.feature_layer, token_keep=args.token_keep)
+    abs_cfg = create_method("abs", pixel_crops=args.crops, feature_crops=args.feature_crops, top_k=args.top_k,
+                            feature_layer=args.feature_layer, token_keep=args.token_keep).settings
     pretrained = None if args.pretrained in (None, "", "none") else args.pretrained
     settings = BenchSettings(
         images=args.images, limit=args.limit, model=args.model, pretrained=pretrained, quick_gelu=args.quick_gelu,

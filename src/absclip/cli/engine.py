@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from typing import Any
 
@@ -42,11 +41,11 @@ def ray_options(args: argparse.Namespace) -> Any:
 
 def recipe(args: argparse.Namespace, classes: Any) -> Any:
     """Return the :class:`absclip.engines.ray.ClassifierRecipe` of the command line (texts read here)."""
-    from absclip.cli.options import build_classifier
+    from absclip.cli.options import classifier_spec
     from absclip.engines.ray import ClassifierRecipe
 
-    return ClassifierRecipe.from_sources(functools.partial(build_classifier, args), classes, args.descriptions,
-                                         args.descriptors, args.templates)
+    return ClassifierRecipe.from_sources(classifier_spec(args), classes, args.descriptions, args.descriptors,
+                                         args.templates)
 
 
 def _announce(line: str) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import re
+from typing import Any
 
 log = logging.getLogger("absclip")
 
@@ -25,15 +28,48 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_methods(args: argparse.Namespace) -> int:
-    """absclip methods: the registered methods."""
-    from absclip.methods import get_method_class, list_methods
+def plain(text: str) -> str:
+    """Return docstring text without reStructuredText markup or spec references (for terminal output)."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)  # :func:`x` -> x
+    text = text.replace("``", "")
+    text = re.sub(r"\s*\(spec[^)]*\)", "", text)  # (spec §1–§6)
+    return text.strip()
 
-    rows = [{"method": n, "description": (get_method_class(n).__doc__ or "").strip().splitlines()[0]}
-            for n in list_methods()]
+
+def method_rows() -> list[dict[str, Any]]:
+    """Return one row per registered method: name, one-line description, settings type and settings.
+
+    Each setting has its name, the method's default, and the command-line flag and help when it has one.
+    """
+    from absclip.methods import create_method, get_method_class, list_methods
+
+    rows = []
+    for name in list_methods():
+        cls = get_method_class(name)
+        defaults = create_method(name).settings  # the method's own defaults (abs-fast derives its own)
+        settings = []
+        if defaults is not None:
+            for f in dataclasses.fields(defaults):
+                value = getattr(defaults, f.name)
+                settings.append({"name": f.name, "default": list(value) if isinstance(value, tuple) else value,
+                                 "flag": f.metadata.get("flag"), "help": f.metadata.get("help")})
+        rows.append({"method": name, "description": plain(cls.summary()),
+                     "settings_type": cls.settings_type.__name__ if cls.settings_type else None,
+                     "settings": settings})
+    return rows
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    """absclip methods: the registered methods, their settings and options."""
+    rows = method_rows()
     if args.json:
         print(json.dumps(rows, indent=2))
-    else:
-        for r in rows:
-            print(f"{r['method']:<8} {r['description']}")
+        return 0
+    width = max(len(r["method"]) for r in rows)
+    for r in rows:
+        print(f"{r['method']:<{width}}  {r['description']}")
+        for st in r["settings"]:
+            default = ",".join(f"{x:g}" for x in st["default"]) if isinstance(st["default"], list) else st["default"]
+            flag = f"  ({st['flag']})" if st["flag"] else ""
+            print(f"{'':<{width}}    {st['name']} = {default}{flag}")
     return 0

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from absclip.cli.classify import cmd_classify
 from absclip.cli.eval import cmd_eval
 from absclip.cli.listing import cmd_methods, cmd_models
-from absclip.cli.options import EPILOG_MODELS, class_options, model_options
+from absclip.cli.options import EPILOG_MODELS, class_options, method_help, model_options
 from absclip.errors import AbsclipError
 
 log = logging.getLogger("absclip")
@@ -26,10 +26,13 @@ EXTRA_COMMANDS: tuple[str, ...] = ("absclip.cli.describe", "absclip.cli.explain"
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``absclip`` argument parser with all subcommands."""
+    from absclip.methods import list_methods
+
+    others = [m for m in list_methods() if m != "abs"]
     parser = argparse.ArgumentParser(
         prog="absclip",
         description="Training-free zero-shot image classification with CLIP models: ABS (attention-based "
-                    "selection, ICML 2025) and baselines (clip, clip-e, cupl, dclip, waffle, wca).",
+                    f"selection, ICML 2025) and other methods ({', '.join(others)}).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'absclip COMMAND --help' for the options of a command.\n\n" + EPILOG_MODELS,
     )
@@ -46,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                               + EPILOG_MODELS)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or directories of images")
     class_options(p)
-    p.add_argument("--method", default="abs", help="abs (default), clip, clip-e, cupl, dclip, waffle or wca")
+    p.add_argument("--method", default="abs", help=method_help("abs"))
     p.add_argument("--top", type=int, default=5, help="how many labels to show (default: 5)")
     p.add_argument("--json", action="store_true", help="print JSON: [{image, method, predictions: [{label, score}]}]")
     p.set_defaults(func=cmd_classify)
@@ -61,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                               + EPILOG_MODELS)
     p.add_argument("--data", required=True, help="folder (labels.csv or class sub-folders) or CSV/TSV/JSONL listing")
     class_options(p)
-    p.add_argument("--methods", default="abs", help="comma-separated methods (default: abs)")
+    p.add_argument("--methods", default="abs", help=f"comma-separated methods: {method_help('abs')}")
     p.add_argument("--output", default="results.json",
                    help="results JSON; put {method} in the name for one CLIP_benchmark file per method")
     p.add_argument("--predictions", help="per-image predictions JSONL (default: next to --output)")

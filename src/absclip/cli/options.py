@@ -1,10 +1,14 @@
-"""Options shared by the commands (model, attention, ABS, WCA, classes) and building a classifier from them."""
+"""Options shared by the commands (model, attention, method settings, classes) and building a classifier spec from
+them. The method option groups come from the registered methods' settings dataclasses (their fields' metadata)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
+import re
+import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,53 +78,110 @@ def model_options() -> argparse.ArgumentParser:
                                               "cupl:pets (default: $ABSCLIP_DESCRIPTIONS_DIR)")
     t.add_argument("--templates", help="templates with {c} or {} (JSON list, CLIP_benchmark file or .txt) for clip-e "
                                        "and as the fallback descriptions")
-    a = p.add_argument_group("ABS")
-    a.add_argument("--crops", type=int, help="pixel-space crops per image (default: 50)")
-    a.add_argument("--feature-crops", type=int, help="feature-space crops per image (default: 50)")
-    a.add_argument("--top-k", type=int, help="attention cells the centres are drawn from (default: 20)")
-    a.add_argument("--temperature", type=float, help="sampling temperature of softmax(top-k / T) (default: 0.03)")
-    a.add_argument("--score-temperature", type=float, help="soft-matching temperature tau (default: 0.03)")
-    a.add_argument("--crop-ratio", type=_pair, help="pixel crop side as LO,HI fraction of W/H (default: 0.6,0.9)")
-    a.add_argument("--feature-crop-ratio", type=_pair, help="window side as LO,HI fraction of the grid "
-                                                            "(default: 0.6,0.9)")
-    a.add_argument("--feature-layer", type=int, help="block the feature crops enter (default: -1, the last)")
-    a.add_argument("--max-descriptions", type=int, help="first M descriptions per class (default: 50)")
-    a.add_argument("--centres", choices=["independent", "shared"],
-                   help="independent draws for pixel/feature crops (reference code, default) or shared (paper)")
-    a.add_argument("--feature-mapping", choices=["reference", "aligned"],
-                   help="attention→CLIP grid mapping: reference index scaling (default) or aligned via pixels")
-    w = p.add_argument_group("WCA")
-    w.add_argument("--wca-crops", type=int, help="random square crops for wca (default: 50)")
-    w.add_argument("--wca-alpha", type=float, help="smallest crop side ratio for wca (default: 0.5)")
+    add_settings_options(p)
     p.add_argument("--max-pixels", type=int, default=None,
                    help="refuse images with more pixels than this (default: PIL's bomb limit, ~179M)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     return p
 
 
+def _flag_dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def settings_flags() -> dict[type, dict[str, str]]:
+    """Return ``{settings type: {field name: flag}}`` for the registered methods' settings with a flag."""
+    from absclip.methods import settings_types  # the package: every built-in method registered
+
+    return {tp: {f.name: f.metadata["flag"] for f in dataclasses.fields(tp) if f.metadata.get("flag")}
+            for tp in settings_types()}
+
+
+def _option_kwargs(tp: type, f: dataclasses.Field) -> dict[str, Any]:
+    """Return ``add_argument`` keywords for settings field ``f`` of ``tp`` (type from its annotation)."""
+    hint = typing.get_type_hints(tp).get(f.name, str)
+    kw: dict[str, Any] = {"help": f.metadata.get("help")}
+    if "metavar" in f.metadata:
+        kw["metavar"] = f.metadata["metavar"]
+    origin, params = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        kw["choices"] = list(params)
+    elif hint is bool:
+        kw["action"] = argparse.BooleanOptionalAction
+    elif origin is tuple and params == (float, float):
+        kw["type"] = _pair
+    elif hint in (int, float, str):
+        kw["type"] = hint
+    else:
+        raise TypeError(f"{tp.__name__}.{f.name}: no command-line type for {hint!r}")
+    return kw
+
+
+def add_settings_options(p: argparse.ArgumentParser) -> None:
+    """Add one option group per settings type of the registered methods, from the fields' metadata.
+
+    A flag declared by several types (``--max-descriptions``) is added once and sets all of them.
+    Options default to None ("keep the setting's default").
+    """
+    seen: set[str] = set()
+    for tp in settings_flags():
+        group = None
+        for f in dataclasses.fields(tp):
+            flag = f.metadata.get("flag")
+            if not flag or flag in seen:
+                continue
+            seen.add(flag)
+            if group is None:
+                group = p.add_argument_group(getattr(tp, "cli_title", tp.__name__))
+            group.add_argument(flag, dest=_flag_dest(flag), default=None, **_option_kwargs(tp, f))
+
+
+def settings_from_args(args: argparse.Namespace) -> list[Any]:
+    """Return one instance per settings type of the registered methods, with the options given in ``args``.
+
+    Errors name the option (``--top-k must be at least 1``) rather than the setting (``top_k``).
+    """
+    from absclip.core.settings import replace_config
+
+    out = []
+    for tp, flags in settings_flags().items():
+        overrides = {name: getattr(args, _flag_dest(flag), None) for name, flag in flags.items()}
+        try:
+            out.append(replace_config(tp(), **overrides))
+        except AbsclipError as e:
+            msg = str(e)
+            for name, flag in flags.items():
+                msg = re.sub(rf"\b{name}\b", flag, msg)
+            raise AbsclipError(msg) from e
+    return out
+
+
+def classifier_spec(args: argparse.Namespace) -> Any:
+    """Return the :class:`absclip.api.ClassifierSpec` of parsed options."""
+    from absclip.api import ClassifierSpec
+    from absclip.core.settings import DEFAULT_SINK_THRESHOLD
+
+    return ClassifierSpec(
+        model=args.model, pretrained=args.pretrained, device=args.device, precision=args.precision,
+        quick_gelu=args.quick_gelu, cache_dir=args.cache_dir, attention_model=args.attention_model,
+        attention_layer=args.attention_layer, attention_rollout=args.attention_rollout,
+        sink_threshold=args.sink_threshold if args.sink_threshold is not None
+        else DEFAULT_SINK_THRESHOLD if args.ignore_sinks else None,
+        settings=tuple(settings_from_args(args)), seed=args.seed, batch_size=args.batch_size,
+        text_cache_dir=os.path.join(args.cache_dir, "text") if args.cache_dir else None, use_cache=not args.no_cache)
+
+
 def build_classifier(args: argparse.Namespace) -> Any:
     """Return a :class:`absclip.Classifier` from parsed options (classes not set)."""
-    from absclip.api import Classifier
-    from absclip.backbones.registry import load_clip
-    from absclip.core.settings import DEFAULT_SINK_THRESHOLD, ABSConfig, WCAConfig, replace_config
+    return classifier_spec(args).build()
 
-    abs_cfg = replace_config(
-        ABSConfig(), pixel_crops=args.crops, feature_crops=args.feature_crops, top_k=args.top_k,
-        sample_temperature=args.temperature, score_temperature=args.score_temperature,
-        pixel_crop_ratio=args.crop_ratio, feature_crop_ratio=args.feature_crop_ratio,
-        feature_layer=args.feature_layer, max_descriptions=args.max_descriptions, centres=args.centres,
-        feature_mapping=args.feature_mapping,
-    )
-    wca_cfg = replace_config(WCAConfig(), crops=args.wca_crops, min_ratio=args.wca_alpha,
-                             max_descriptions=args.max_descriptions)
-    backbone = load_clip(args.model, args.pretrained, device=args.device, precision=args.precision,
-                         quick_gelu=args.quick_gelu, cache_dir=args.cache_dir)
-    return Classifier(backbone, attention_model=args.attention_model, abs_config=abs_cfg, wca_config=wca_cfg,
-                      seed=args.seed, batch_size=args.batch_size, attention_layer=args.attention_layer,
-                      cache_dir=os.path.join(args.cache_dir, "text") if args.cache_dir else None,
-                      use_cache=not args.no_cache, attention_rollout=args.attention_rollout,
-                      sink_threshold=args.sink_threshold if args.sink_threshold is not None
-                      else DEFAULT_SINK_THRESHOLD if args.ignore_sinks else None)
+
+def method_help(default: str | None = "abs") -> str:
+    """Return the registered method names for help texts: ``abs (default), clip, ... or wca``."""
+    from absclip.methods import list_methods
+
+    names = [f"{n} (default)" if n == default else n for n in list_methods()]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def set_classes(clf: Any, args: argparse.Namespace) -> None:

@@ -1,12 +1,32 @@
-"""Method settings as frozen dataclasses: every ABS constant is a field here, not a literal in code."""
+"""Method settings as frozen dataclasses: every ABS constant is a field here, not a literal in code.
+
+A field made with :func:`setting` carries its command-line flag and help; ``cli_title`` (a class
+attribute) names the option group. The CLI builds its method options from these alone."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from absclip.errors import AbsclipError
+
+
+def setting(default: Any, flag: str | None = None, help: str | None = None, **meta: Any) -> Any:  # noqa: A002
+    """Return a dataclass field with ``default`` and its command-line metadata.
+
+    A settings dataclass declares its options here; the CLI builds them from this metadata
+    (``absclip.cli.options``), so a new method needs no CLI code.
+
+    Args:
+        default: the field's default value.
+        flag: the command-line flag (``--crops``); None: the setting has no option. Several settings
+            types may share a flag (``--max-descriptions``): one option then sets all of them.
+        help: the option's help text.
+        meta: more option metadata (``metavar``).
+    """
+    data = {**meta, **({"flag": flag} if flag else {}), **({"help": help} if help else {})}
+    return dataclasses.field(default=default, metadata=data)
 
 #: robust z-score (MADs above the median) above which a token is an attention sink (``--ignore-sinks``)
 DEFAULT_SINK_THRESHOLD = 5.0
@@ -37,32 +57,41 @@ class ABSConfig:
             faithful method; below 1 changes results (ABS fast mode, method ``abs-fast``).
     """
 
-    pixel_crops: int = 50
-    feature_crops: int = 50
-    top_k: int = 20
-    sample_temperature: float = 0.03
-    score_temperature: float = 0.03
-    pixel_crop_ratio: tuple[float, float] = (0.6, 0.9)
-    feature_crop_ratio: tuple[float, float] = (0.6, 0.9)
-    feature_layer: int = -1
-    max_descriptions: int = 50
-    centres: Literal["independent", "shared"] = "independent"
-    feature_mapping: Literal["reference", "aligned"] = "reference"
+    cli_title: ClassVar[str] = "ABS"
+
+    pixel_crops: int = setting(50, "--crops", "pixel-space crops per image (default: 50)")
+    feature_crops: int = setting(50, "--feature-crops", "feature-space crops per image (default: 50)")
+    top_k: int = setting(20, "--top-k", "attention cells the centres are drawn from (default: 20)")
+    sample_temperature: float = setting(0.03, "--temperature",
+                                        "sampling temperature of softmax(top-k / T) (default: 0.03)")
+    score_temperature: float = setting(0.03, "--score-temperature", "soft-matching temperature tau (default: 0.03)")
+    pixel_crop_ratio: tuple[float, float] = setting((0.6, 0.9), "--crop-ratio",
+                                                    "pixel crop side as LO,HI fraction of W/H (default: 0.6,0.9)")
+    feature_crop_ratio: tuple[float, float] = setting((0.6, 0.9), "--feature-crop-ratio",
+                                                      "window side as LO,HI fraction of the grid (default: 0.6,0.9)")
+    feature_layer: int = setting(-1, "--feature-layer", "block the feature crops enter (default: -1, the last)")
+    max_descriptions: int = setting(50, "--max-descriptions", "first M descriptions per class (default: 50)")
+    centres: Literal["independent", "shared"] = setting(
+        "independent", "--centres",
+        "independent draws for pixel/feature crops (reference code, default) or shared (paper)")
+    feature_mapping: Literal["reference", "aligned"] = setting(
+        "reference", "--feature-mapping",
+        "attention→CLIP grid mapping: reference index scaling (default) or aligned via pixels")
     token_keep: float = 1.0
 
     def __post_init__(self) -> None:
         if self.pixel_crops < 0 or self.feature_crops < 0 or self.pixel_crops + self.feature_crops == 0:
-            raise AbsclipError("ABS needs at least one crop: set --crops and/or --feature-crops above 0.")
+            raise AbsclipError("ABS needs at least one crop: set pixel_crops and/or feature_crops above 0.")
         if self.top_k < 1:
-            raise AbsclipError(f"--top-k must be at least 1, got {self.top_k}.")
+            raise AbsclipError(f"top_k must be at least 1, got {self.top_k}.")
         if self.sample_temperature <= 0 or self.score_temperature <= 0:
-            raise AbsclipError("ABS temperatures must be positive.")
+            raise AbsclipError("sample_temperature and score_temperature must be positive.")
         for name in ("pixel_crop_ratio", "feature_crop_ratio"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi <= 1:
                 raise AbsclipError(f"{name} must satisfy 0 < lo <= hi <= 1, got ({lo}, {hi}).")
         if self.max_descriptions < 1:
-            raise AbsclipError("--max-descriptions must be at least 1.")
+            raise AbsclipError(f"max_descriptions must be at least 1, got {self.max_descriptions}.")
         if self.centres not in ("independent", "shared"):
             raise AbsclipError(f"centres must be 'independent' or 'shared', got {self.centres!r}.")
         if self.feature_mapping not in ("reference", "aligned"):
@@ -84,18 +113,23 @@ class WCAConfig:
         max_descriptions: the first M descriptions of each class are used.
     """
 
-    crops: int = 50
-    min_ratio: float = 0.5
+    cli_title: ClassVar[str] = "WCA"
+
+    crops: int = setting(50, "--wca-crops", "random square crops for wca (default: 50)")
+    min_ratio: float = setting(0.5, "--wca-alpha", "smallest crop side ratio for wca (default: 0.5)")
     max_ratio: float = 0.9
     image_weight_scale: float = 54.598150033144236  # e**4
     text_weight_scale: float = 7.38905609893065  # e**2
-    max_descriptions: int = 50
+    max_descriptions: int = setting(50, "--max-descriptions", "first M descriptions per class (default: 50)")
 
     def __post_init__(self) -> None:
         if self.crops < 0:
-            raise AbsclipError("WCA crops must be >= 0.")
+            raise AbsclipError(f"crops must be >= 0, got {self.crops}.")
         if not 0 < self.min_ratio <= self.max_ratio <= 1:
-            raise AbsclipError("WCA crop ratios must satisfy 0 < min <= max <= 1.")
+            raise AbsclipError(f"min_ratio and max_ratio must satisfy 0 < min_ratio <= max_ratio <= 1, got "
+                               f"({self.min_ratio}, {self.max_ratio}).")
+        if self.max_descriptions < 1:
+            raise AbsclipError(f"max_descriptions must be at least 1, got {self.max_descriptions}.")
 
 
 @dataclass(frozen=True)
@@ -106,11 +140,13 @@ class WaffleSettings:
         count: random descriptors per class (words and character strings, the same for every class).
     """
 
-    count: int = 15
+    cli_title: ClassVar[str] = "WaffleCLIP"
+
+    count: int = setting(15, "--waffle-count", "random descriptors per class for waffle (default: 15)")
 
     def __post_init__(self) -> None:
         if self.count < 1:
-            raise AbsclipError(f"WaffleCLIP needs at least one random descriptor, got {self.count}.")
+            raise AbsclipError(f"count (WaffleCLIP random descriptors) must be at least 1, got {self.count}.")
 
 
 def replace_config(cfg: Any, **overrides: Any) -> Any:

@@ -42,6 +42,13 @@ class ABSMethod(Method):
         """
         return abs_views(ctx, self.settings, seed, ctx.draws.get(self.name))
 
+    def draw(self, attention: torch.Tensor, size: tuple[int, int], key: str, seed: int,
+             attn_grid: tuple[int, int], facts: Any) -> ABSDraws:
+        """Return one image's crop draws from its attention map, exactly as :meth:`views` draws them."""
+        w, h = size
+        return abs_geometry(attention, None, self.settings, w, h, tuple(attn_grid), tuple(facts.grid),
+                            int(facts.image_size[0]), image_rng(seed, key, "abs"))[2]
+
     def score(self, views: Sequence[ABSViews], timer: Any = None) -> torch.Tensor:
         """Return logits ``[B, C]`` of the views of a batch (soft matching, spec §5–§6)."""
         with (timer or NULL_TIMER)("scoring"):

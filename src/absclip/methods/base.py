@@ -43,10 +43,22 @@ def list_methods() -> list[str]:
     return list(_REGISTRY)
 
 
+def settings_types() -> list[type]:
+    """Return the distinct settings types of the registered methods, in registration order."""
+    out: list[type] = []
+    for cls in _REGISTRY.values():
+        if cls.settings_type is not None and cls.settings_type not in out:
+            out.append(cls.settings_type)
+    return out
+
+
+def unregister_method(name: str) -> None:
+    """Remove method ``name`` from the registry (tests and plug-ins that register temporarily)."""
+    _REGISTRY.pop(name, None)
+
+
 def get_method_class(name: str) -> type[Method]:
     """Return the class of method ``name``; unknown names raise with the valid ones listed."""
-    from absclip.errors import AbsclipError
-
     if name not in _REGISTRY:
         raise AbsclipError(f"Unknown method {name!r}; choose from {', '.join(_REGISTRY)}.")
     return _REGISTRY[name]
@@ -125,6 +137,34 @@ class Method:
                 raise AbsclipError(f"Method {cls.name!r} takes no settings; got {', '.join(sorted(fields))}.")
             settings = replace_config(settings if settings is not None else cls.settings_type(), **fields)
         return cls(settings)
+
+    @classmethod
+    def summary(cls) -> str:
+        """Return the method's one-line description (the first line of its docstring)."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    @classmethod
+    def has_draws(cls) -> bool:
+        """Whether the method draws per-image randomness from the attention map (:meth:`draw`).
+
+        A scale-out stage that computes attention maps then computes the draws too, and hands them
+        to the method in ``BatchContext.draws[name]``.
+        """
+        return cls.draw is not Method.draw
+
+    def draw(self, attention: torch.Tensor, size: tuple[int, int], key: str, seed: int,
+             attn_grid: tuple[int, int], facts: Any) -> Any:
+        """Return one image's random draws from its attention map ``[A]`` (methods with :meth:`has_draws`).
+
+        Args:
+            attention: head-averaged attention on the attention grid (row-major).
+            size: the image's (width, height).
+            key: the image's content key (its random generator's key).
+            seed: the run seed.
+            attn_grid: (rows, cols) of the attention grid.
+            facts: the backbone's :class:`~absclip.backbones.base.BackboneFacts`.
+        """
+        raise NotImplementedError
 
     def prepare(self, inputs: TextInputs, encoder: TextEncoder) -> None:
         """Build and encode the text side once (stored on the method)."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from absclip.attention.sources import AttentionSource, ClipSelfAttention
-from absclip.backbones.open_clip import ClipBackbone
+from absclip.backbones.base import Backbone
 from absclip.core import views
 from absclip.core.timer import NULL_TIMER, StageTimer
 from absclip.io.images import ImageItem
@@ -56,7 +56,7 @@ class BatchContext:
     """
 
     items: list[ImageItem]
-    backbone: ClipBackbone
+    backbone: Backbone
     attention_source: AttentionSource | None = None
     feature_layer: int = -1
     view_batch: int = 256

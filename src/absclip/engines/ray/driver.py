@@ -208,9 +208,8 @@ def _run_stages(ray: Any, todo: Any, recipe: ClassifierRecipe, methods_ref: Any,
         ds = _map_batches(
             ds, AttentionMaps, actor_retries, batch_format="pyarrow", batch_size=plan.decode_batch_size,
             compute=ray.data.ActorPoolStrategy(size=plan.attention_actors), num_cpus=ATTENTION_CPUS,
-            fn_constructor_kwargs={"attention": meta["attention"], "abs_config": meta["abs_config"],
-                                   "seed": meta["seed"], "clip_grid": meta["clip_grid"],
-                                   "clip_input": meta["clip_input"], "threads": 1},
+            fn_constructor_kwargs={"attention": meta["attention"], "draws": meta["draws"], "seed": meta["seed"],
+                                   "facts": meta["backbone_facts"], "threads": 1},
         )
     ds = _map_batches(
         ds, EncodeAndScore, actor_retries, batch_format="pyarrow", batch_size=plan.batch_size,

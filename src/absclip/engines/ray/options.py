@@ -1,14 +1,14 @@
 """What a run is given: :class:`RayOptions` (how to run on Ray) and :class:`ClassifierRecipe`
-(how every worker builds the same classifier, with the texts read on the driver)."""
+(how every worker builds the same classifier: a :class:`~absclip.api.ClassifierSpec` and the texts
+read on the driver, all plain data)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from absclip.api import Classifier
+from absclip.api import Classifier, ClassifierSpec
 from absclip.errors import AbsclipError
 from absclip.text.classes import ClassList
 
@@ -63,26 +63,25 @@ class RayOptions:
 
 @dataclass
 class ClassifierRecipe:
-    """How every worker builds the same classifier: a picklable loader plus the classes and texts as data.
+    """How every worker builds the same classifier: a classifier spec plus the classes and texts, all data.
 
     Texts are read on the driver (:meth:`from_sources`), so workers on other machines never need
     the driver's files; only the model weights must be reachable from every node.
 
     Attributes:
-        build: returns a :class:`Classifier` without classes (e.g. ``functools.partial(
-            absclip.cli.options.build_classifier, args)``); called once per worker.
+        spec: the classifier (without classes); :meth:`ClassifierSpec.build` runs once per worker.
         classes: the classes.
         descriptions / descriptors / templates: as for :meth:`Classifier.set_classes`, already read.
     """
 
-    build: Callable[[], Classifier]
+    spec: ClassifierSpec
     classes: ClassList
     descriptions: dict[str, list[str]] | None = None
     descriptors: dict[str, list[str]] | None = None
     templates: list[str] | None = None
 
     @classmethod
-    def from_sources(cls, build: Callable[[], Classifier], classes: ClassList, descriptions: Any = None,
+    def from_sources(cls, spec: ClassifierSpec, classes: ClassList, descriptions: Any = None,
                      descriptors: Any = None, templates: Any = None) -> ClassifierRecipe:
         """Return a recipe with text files (or public set names) read here, as ``set_classes`` reads them."""
         from absclip.text.sources import read_text_source
@@ -97,10 +96,13 @@ class ClassifierRecipe:
             raise AbsclipError(f"{descriptors} holds templates, not per-class descriptors.")
         if isinstance(desc, list):  # a template file given as --descriptions: the templates become the descriptions
             tmpl, desc = tmpl or desc, None
-        return cls(build, classes, desc, dscr, list(tmpl) if tmpl is not None else None)
+        if not isinstance(spec, ClassifierSpec):
+            raise AbsclipError(f"A recipe needs a ClassifierSpec (plain data for the workers), not "
+                               f"{type(spec).__name__}.")
+        return cls(spec, classes, desc, dscr, list(tmpl) if tmpl is not None else None)
 
     def classifier(self) -> Classifier:
         """Return a new classifier with the classes and texts set (text not yet encoded)."""
-        clf = self.build()
+        clf = self.spec.build()
         clf.set_classes(self.classes, self.descriptions, descriptors=self.descriptors, templates=self.templates)
         return clf

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from absclip.attention.sources import AttentionSource
-from absclip.core.settings import ABSConfig
 from absclip.engines.ray.options import ClassifierRecipe
 from absclip.errors import AbsclipError, BadImageError
 from absclip.io.uris import read_bytes
@@ -46,12 +45,11 @@ def prepare_text(recipe: ClassifierRecipe, methods: Sequence[str], top: int,
         att = {"identity": src.identity, "grid": tuple(src.grid), "separable": isinstance(base, HFAttention),
                "name": base.name, "layer": getattr(base, "layer", -1), "rollout": clf.attention_rollout,
                "sink_threshold": clf.sink_threshold}
-    # the CPU stage draws the crops of the first ABS-like method; others draw in the actors (same generator)
-    abs_name = next((n for n, m in prepared.items() if isinstance(getattr(m, "settings", None), ABSConfig)
-                     and m.needs_attention), None)
+    # a CPU attention stage also draws each image's randomness for the methods that draw from attention
+    draws = {n: m.settings for n, m in prepared.items() if m.needs_attention and type(m).has_draws()}
     meta = {
         "spec": spec, "model": clf.backbone.name, "pretrained": clf.backbone.pretrained, "attention": att,
-        "abs_method": abs_name, "abs_config": prepared[abs_name].settings if abs_name else None,
+        "draws": draws, "backbone_facts": clf.backbone.facts,
         "clip_grid": tuple(clf.backbone.facts.grid), "clip_input": int(clf.backbone.facts.image_size[0]),
         "seed": clf.seed, "batch_size": clf.batch_size, "device": str(clf.backbone.device),
     }
@@ -98,19 +96,26 @@ def _items(batch: Any) -> tuple[list[int], list[Any]]:
     return rows, items
 
 
-DRAW_FIELDS = ("pix_pos", "pix_w", "pix_h", "feat_pos", "feat_size")
-
-
 class AttentionMaps:
-    """CPU stage: attention maps ``[A]`` and ABS crop draws per image (adds columns ``attention`` and draws).
+    """CPU stage: attention maps ``[A]`` and per-image random draws (adds columns ``attention`` and ``draws``).
 
     Loads the attention model once per actor, on the CPU; checks it is the model the run was
-    planned with (same identity).
+    planned with (same identity). ``draws`` is ``{method name: settings}`` of the methods that draw
+    per-image randomness from the attention map (:meth:`Method.draw`); each row's ``draws`` cell
+    holds ``{method name: draw}`` pickled (empty for a skipped image).
+
+    Args:
+        attention: the attention facts of :func:`prepare_text` (``meta["attention"]``).
+        draws: ``meta["draws"]``.
+        seed: the run seed.
+        facts: the CLIP backbone's facts (``meta["backbone_facts"]``).
+        threads: torch threads.
     """
 
-    def __init__(self, attention: dict[str, Any], abs_config: ABSConfig | None, seed: int,
-                 clip_grid: tuple[int, int], clip_input: int, threads: int = 1) -> None:
+    def __init__(self, attention: dict[str, Any], draws: dict[str, Any], seed: int, facts: Any,
+                 threads: int = 1) -> None:
         from absclip.attention.factory import load_attention
+        from absclip.methods import create_method
 
         _set_threads(threads)
         self.src = load_attention(attention["name"], None, device="cpu", layer=attention["layer"],  # type: ignore[arg-type]
@@ -118,33 +123,28 @@ class AttentionMaps:
         if self.src.identity != attention["identity"]:
             raise AbsclipError(f"The attention model loaded on this worker ({self.src.identity}) differs from the "
                                f"planned one ({attention['identity']}); every node needs the same files.")
-        self.cfg, self.seed, self.clip_grid, self.clip_input = abs_config, seed, tuple(clip_grid), clip_input
+        self.methods = {name: create_method(name, settings) for name, settings in draws.items()}
+        self.seed, self.facts = seed, facts
 
     def __call__(self, batch: Any) -> Any:
+        import pickle
+
         import numpy as np
         import pyarrow as pa
-
-        from absclip.core.geometry import abs_geometry
-        from absclip.core.sampling import image_rng
 
         n = batch.num_rows
         rows, items = _items(batch)
         maps: list[list[float]] = [[] for _ in range(n)]
-        draws: dict[str, list[list[int]]] = {f: [[] for _ in range(n)] for f in DRAW_FIELDS}
+        draws: list[bytes] = [b""] * n
         if items:
             att = self.src([it.image for it in items])  # [B, A] fp32
             for b, (r, it) in enumerate(zip(rows, items)):
                 maps[r] = att[b].numpy().astype(np.float32).tolist()
-                if self.cfg is not None:
-                    w, h = it.size
-                    d = abs_geometry(att[b], None, self.cfg, w, h, self.src.grid, self.clip_grid, self.clip_input,
-                                     image_rng(self.seed, it.key, "abs"))[2]
-                    for f in DRAW_FIELDS:
-                        draws[f][r] = np.asarray(getattr(d, f), dtype=np.int64).tolist()
+                drawn = {name: m.draw(att[b], it.size, it.key, self.seed, self.src.grid, self.facts)
+                         for name, m in self.methods.items()}
+                draws[r] = pickle.dumps(drawn, protocol=pickle.HIGHEST_PROTOCOL)
         out = batch.append_column("attention", pa.array(maps, pa.list_(pa.float32())))
-        for f in DRAW_FIELDS:
-            out = out.append_column(f, pa.array(draws[f], pa.list_(pa.int64())))
-        return out
+        return out.append_column("draws", pa.array(draws, pa.binary()))
 
 
 class GivenAttention(AttentionSource):
@@ -216,7 +216,6 @@ class EncodeAndScore:
     def __call__(self, batch: Any) -> Any:
         import torch
 
-        from absclip.core.sampling import ABSDraws
         from absclip.engines.local import predict_batch
         from absclip.io.records import make_records, records_table
 
@@ -235,12 +234,12 @@ class EncodeAndScore:
                 info = self.meta["attention"]
                 given = GivenAttention(torch.tensor([att[r] for r in rows_idx], dtype=torch.float32), info["grid"],
                                        info["identity"], info["name"])
-                if self.meta["abs_method"] is not None:
-                    import numpy as np
+                if "draws" in batch.column_names:  # {method: [draw per image]}, from the attention stage
+                    import pickle
 
-                    d = {f: batch.column(f).to_pylist() for f in DRAW_FIELDS}
-                    draws = {self.meta["abs_method"]: [ABSDraws(*(np.asarray(d[f][r], dtype=np.int64)
-                                                                  for f in DRAW_FIELDS)) for r in rows_idx]}
+                    cells = batch.column("draws").to_pylist()
+                    per_row = [pickle.loads(cells[r]) if cells[r] else {} for r in rows_idx]
+                    draws = {m: [d.get(m) for d in per_row] for m in set().union(*per_row)}
             ctx = clf.context(items, methods, attention=given, draws=draws)
             ranked, secs = predict_batch(clf, ctx, methods, self.top)
             share = {m: s / len(items) for m, s in secs.items()}
