@@ -148,3 +148,27 @@ def test_classify_with_a_named_description_set(capsys, monkeypatch):
                             "--descriptions", "susx:imagenet", "--descriptions-dir", str(DATA / "descriptions"),
                             "--method", "cupl", "--json", *MODEL])
     assert {p["label"] for p in out[0]["predictions"]} == {"tench", "goldfish", "missile"}
+
+
+def test_library_errors_name_parameters_and_the_cli_shows_flags(capsys):
+    """Library messages name parameters (`max_pixels`); the CLI prints its own flags instead."""
+    from absclip.errors import BadImageError
+    from absclip.io.images import make_item
+
+    with pytest.raises(BadImageError) as e:
+        make_item(PHOTOS / "chelsea.png", max_pixels=10)
+    assert "`max_pixels`" in str(e.value) and "--" not in str(e.value)
+    assert main(["classify", str(PHOTOS / "chelsea.png"), "--classes", "a,b", "--max-pixels", "10", *MODEL]) == 2
+    err = capsys.readouterr().err
+    assert "--max-pixels" in err and "`" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_max_pixels_zero_means_no_limit(capsys):
+    from absclip.cli.main import build_parser
+
+    args = build_parser().parse_args(["classify", "x.png", "--classes", "a,b", "--max-pixels", "0"])
+    assert args.max_pixels is None
+    default = build_parser().parse_args(["classify", "x.png", "--classes", "a,b"])
+    from absclip.io.images import DEFAULT_MAX_PIXELS
+
+    assert default.max_pixels == DEFAULT_MAX_PIXELS

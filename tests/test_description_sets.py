@@ -221,10 +221,24 @@ def test_read_text_source_keeps_plain_paths(tmp_path, monkeypatch):
 
 
 def test_classifier_inputs_accept_set_names(local_copy):
-    from absclip.api import _as_mapping, _as_templates
+    from absclip.text.sources import read_texts
 
-    assert len(_as_mapping("abs:food101", "descriptions")) == 101
-    assert _as_templates("abs:food101/clip-e") == ["a photo of {}, a type of food."]
+    texts = read_texts("abs:food101", templates="abs:food101/clip-e")
+    assert len(texts.descriptions) == 101 and texts.templates == ["a photo of {}, a type of food."]
+    as_descriptions = read_texts("abs:food101/clip-e")  # a template file given as descriptions
+    assert as_descriptions.descriptions is None and as_descriptions.descriptions_are_templates
+    assert as_descriptions.templates == ["a photo of {}, a type of food."]
+
+
+def test_descriptions_dir_is_passed_not_set_in_the_environment(local_copy, monkeypatch, tmp_path):
+    """The local copy travels as an argument; nothing is written to os.environ."""
+    import os
+
+    from absclip.text.sources import read_texts
+
+    monkeypatch.delenv("ABSCLIP_DESCRIPTIONS_DIR", raising=False)
+    texts = read_texts("abs:food101", descriptions_dir=DESCRIPTIONS)
+    assert len(texts.descriptions) == 101 and "ABSCLIP_DESCRIPTIONS_DIR" not in os.environ
 
 
 def test_cli_list_json(local_copy, capsys, tmp_path):

@@ -176,7 +176,7 @@ def test_cli_builds_a_spec():
                                       "--ignore-sinks", "--cache-dir", "/tmp/c", *MODEL])
     spec = classifier_spec(args)
     assert isinstance(spec, ClassifierSpec) and spec.seed == 5 and spec.setting(ABSConfig).pixel_crops == 3
-    assert spec.sink_threshold is not None and spec.text_cache_dir == "/tmp/c/text" and not spec.use_cache
+    assert spec.sink_threshold is not None and spec.cache_dir == "/tmp/c" and not spec.use_cache
     assert pickle.loads(pickle.dumps(spec)) == spec
 
 

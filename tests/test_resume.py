@@ -125,7 +125,7 @@ def test_record_writer_resumes_and_refuses(tmp_path):
     assert len(path.read_text().splitlines()) == 2  # the torn line is gone
     with pytest.raises(AbsclipError, match="different settings"):
         JsonlRecordWriter.open(path, "other", resume=True)
-    with pytest.raises(AbsclipError, match="--resume"):
+    with pytest.raises(AbsclipError, match="`resume`"):
         JsonlRecordWriter.open(path, "r", resume=False)
     old = tmp_path / "old.jsonl"  # the eval format before records were unified
     old.write_text(json.dumps({"run": "r", "file": "a.jpg", "method": "clip", "pred": 1}) + "\n")

@@ -1,12 +1,12 @@
 """absclip: training-free zero-shot image classification with CLIP-family models (ABS and baselines)."""
 
 from absclip._version import __version__
-from absclip.api import Classifier, load
+from absclip.api import Classifier, ClassifierSpec, load
 from absclip.attention.factory import load_attention
 from absclip.backbones.registry import load_clip
-from absclip.core.settings import ABSConfig, WCAConfig
+from absclip.core.settings import ABSConfig, WaffleSettings, WCAConfig
 from absclip.errors import AbsclipError
-from absclip.methods.base import list_methods, register_method
+from absclip.methods.base import Method, create_method, list_methods, register_method
 from absclip.text.classes import ClassList, load_classes
 
 __all__ = [
@@ -14,8 +14,12 @@ __all__ = [
     "AbsclipError",
     "ClassList",
     "Classifier",
+    "ClassifierSpec",
+    "Method",
     "WCAConfig",
+    "WaffleSettings",
     "__version__",
+    "create_method",
     "list_methods",
     "load",
     "load_attention",

@@ -21,7 +21,7 @@ from PIL import Image
 
 from absclip.attention.factory import load_attention
 from absclip.attention.sources import AttentionSource
-from absclip.backbones.base import Backbone
+from absclip.backbones.base import DEFAULT_DEVICE, DEFAULT_PRECISION, Backbone
 from absclip.backbones.registry import load_clip
 from absclip.errors import AbsclipError
 from absclip.io.images import ImageItem, make_item
@@ -29,7 +29,7 @@ from absclip.methods.base import Method, TextInputs, create_method, get_method_c
 from absclip.methods.batch import BatchContext, default_crop_workers, default_view_batch
 from absclip.text.classes import ClassList, load_classes
 from absclip.text.encoder import TextEncoder
-from absclip.text.sources import read_text_source
+from absclip.text.sources import read_texts
 
 ImageLike = str | os.PathLike | Image.Image | ImageItem
 
@@ -51,7 +51,8 @@ class Classifier:
             add activation memory, 256 on a GPU).
         crop_workers: threads making ABS pixel crops (None: one per CPU core, at most 4); never
             changes results.
-        cache_dir / use_cache: text-embedding cache.
+        text_cache_dir / use_cache: the text-embedding cache folder (None: ``<cache root>/text``,
+            :func:`absclip.io.files.cache_root`) and whether to use it.
         attention_rollout: ``mean`` or ``max`` to use attention rollout (that head fusion) as the
             attention source; None (default) uses the single ``attention_layer``.
         sink_threshold: suppress attention-sink tokens above this robust z-score (None: keep them).
@@ -70,7 +71,7 @@ class Classifier:
         view_batch: int | None = None,
         crop_workers: int | None = None,
         attention_layer: int = -1,
-        cache_dir: str | None = None,
+        text_cache_dir: str | os.PathLike | None = None,
         use_cache: bool = True,
         attention_rollout: str | None = None,
         sink_threshold: float | None = None,
@@ -93,11 +94,11 @@ class Classifier:
         if view_batch is None:
             view_batch = default_view_batch(backbone.device)
         if batch_size < 1 or view_batch < 1:
-            raise AbsclipError("--batch-size must be at least 1.")
+            raise AbsclipError("`batch_size` must be at least 1.")
         self.batch_size = batch_size
         self.view_batch = view_batch
         self.crop_workers = default_crop_workers() if crop_workers is None else crop_workers
-        self.encoder = TextEncoder(backbone, cache_dir=cache_dir, use_cache=use_cache)
+        self.encoder = TextEncoder(backbone, cache_dir=text_cache_dir, use_cache=use_cache)
         self.inputs: TextInputs | None = None
         self._methods: dict[str, Method] = {}
 
@@ -106,15 +107,14 @@ class Classifier:
         cls,
         model: str,
         pretrained: str | None = None,
-        *,
-        attention_model: str | None = None,
-        device: str | None = "cpu",
-        precision: str | None = "fp32",
         **kwargs: Any,
     ) -> Classifier:
-        """Return a classifier for an open_clip model (see :func:`absclip.backbones.registry.load_clip` for names)."""
-        return cls(load_clip(model, pretrained, device=device, precision=precision),
-                   attention_model=attention_model, **kwargs)
+        """Return a classifier for a model (names as :func:`absclip.backbones.registry.load_clip`).
+
+        ``kwargs`` are the fields of :class:`ClassifierSpec` (device, precision, attention_model,
+        settings, seed, ...), plus the ``abs_config`` / ``wca_config`` shorthands.
+        """
+        return ClassifierSpec.of(model, pretrained, **kwargs).build()
 
     # -- text side -----------------------------------------------------------------------------
     def set_classes(
@@ -124,6 +124,7 @@ class Classifier:
         *,
         descriptors: str | os.PathLike | dict[str, list[str]] | None = None,
         templates: str | os.PathLike | Sequence[str] | None = None,
+        descriptions_dir: str | os.PathLike | None = None,
     ) -> Classifier:
         """Set the classes and their texts; returns ``self``.
 
@@ -134,6 +135,10 @@ class Classifier:
             descriptors: DCLIP ``{class: [phrases]}`` dict or JSON file (for ``dclip``).
             templates: ``{c}`` templates (list, JSON list, CLIP_benchmark file or .txt) for ``clip-e``
                 and the fallback.
+            descriptions_dir: local copy of the public description sets named as ``cupl:pets`` etc.
+                (default: ``$ABSCLIP_DESCRIPTIONS_DIR``).
+
+        Files may also be public set names (:func:`absclip.text.sources.read_text_source`).
         """
         if isinstance(classes, ClassList):
             cl = classes
@@ -143,22 +148,8 @@ class Classifier:
             cl = load_classes(classes=classes)
         else:
             cl = ClassList.from_names(list(classes))
-        desc = _as_mapping(descriptions, "descriptions")
-        dscr = _as_mapping(descriptors, "descriptors")
-        tmpl: list[str] | None
-        if templates is None:
-            tmpl = None
-        elif isinstance(templates, (str, os.PathLike)):
-            src = read_text_source(templates)
-            if isinstance(src, dict):
-                raise AbsclipError(f"{templates} holds per-class descriptions, not templates.")
-            tmpl = src
-        else:
-            tmpl = list(templates)
-        if isinstance(descriptions, (str, os.PathLike)) and desc is None:
-            # a template file given as --descriptions: the templates become the descriptions
-            tmpl = tmpl or _as_templates(descriptions)
-        self.inputs = TextInputs(cl, desc, dscr, tmpl, seed=self.seed)
+        texts = read_texts(descriptions, descriptors, templates, descriptions_dir=descriptions_dir)
+        self.inputs = TextInputs(cl, texts.descriptions, texts.descriptors, texts.templates, seed=self.seed)
         self._methods = {}
         return self
 
@@ -283,20 +274,21 @@ class ClassifierSpec:
     Scale-out workers receive a spec and call :meth:`build`; the CLI builds one from its options.
 
     Attributes:
-        model / pretrained / device / precision / quick_gelu / cache_dir: as for
-            :func:`absclip.backbones.registry.load_clip` (``cache_dir``: model downloads).
+        model / pretrained / device / precision / quick_gelu / weights_dir: as for
+            :func:`absclip.backbones.registry.load_clip` (``weights_dir``: downloaded weights).
         attention_model / attention_layer / attention_rollout / sink_threshold: the attention source.
         settings: method settings, one dataclass instance per settings type.
         seed / batch_size / view_batch / crop_workers: as for :class:`Classifier`.
-        text_cache_dir / use_cache: the text-embedding cache.
+        cache_dir / use_cache: absclip's cache folder (text embeddings under ``text/``; None:
+            :func:`absclip.io.files.cache_root`) and whether to use it.
     """
 
     model: str = "ViT-B-16"
     pretrained: str | None = "openai"
-    device: str | None = "cpu"
-    precision: str | None = "fp32"
+    device: str | None = DEFAULT_DEVICE
+    precision: str | None = DEFAULT_PRECISION
     quick_gelu: bool | None = None
-    cache_dir: str | None = None
+    weights_dir: str | None = None
     attention_model: str | None = None
     attention_layer: int = -1
     attention_rollout: str | None = None
@@ -306,11 +298,23 @@ class ClassifierSpec:
     batch_size: int = 8
     view_batch: int | None = None
     crop_workers: int | None = None
-    text_cache_dir: str | None = None
+    cache_dir: str | None = None
     use_cache: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "settings", tuple(self.settings))
+
+    @classmethod
+    def of(cls, model: str, pretrained: str | None = None, *, abs_config: Any = None, wca_config: Any = None,
+           **fields: Any) -> ClassifierSpec:
+        """Return a spec from :func:`load`'s arguments (``abs_config`` / ``wca_config`` join ``settings``)."""
+        extra = tuple(s for s in (abs_config, wca_config) if s is not None)
+        if extra:
+            fields["settings"] = (*fields.get("settings", ()), *extra)
+        try:
+            return cls(model=model, pretrained=pretrained, **fields)
+        except TypeError as e:
+            raise AbsclipError(f"Unknown classifier option: {str(e).split('argument', 1)[-1].strip()}.") from e
 
     def setting(self, settings_type: type) -> Any:
         """Return the spec's instance of ``settings_type`` (None when it has none)."""
@@ -319,10 +323,11 @@ class ClassifierSpec:
     def build(self) -> Classifier:
         """Return a new :class:`Classifier` (model loaded, classes not set)."""
         backbone = load_clip(self.model, self.pretrained, device=self.device, precision=self.precision,
-                             quick_gelu=self.quick_gelu, cache_dir=self.cache_dir)
+                             quick_gelu=self.quick_gelu, weights_dir=self.weights_dir)
         return Classifier(backbone, attention_model=self.attention_model, settings=self.settings, seed=self.seed,
                           batch_size=self.batch_size, view_batch=self.view_batch, crop_workers=self.crop_workers,
-                          attention_layer=self.attention_layer, cache_dir=self.text_cache_dir,
+                          attention_layer=self.attention_layer,
+                          text_cache_dir=os.path.join(self.cache_dir, "text") if self.cache_dir else None,
                           use_cache=self.use_cache, attention_rollout=self.attention_rollout,
                           sink_threshold=self.sink_threshold)
 
@@ -335,31 +340,11 @@ def _item(x: ImageLike) -> ImageItem:
     return x if isinstance(x, ImageItem) else make_item(x)
 
 
-def _as_mapping(src: str | os.PathLike | dict[str, list[str]] | None, what: str) -> dict[str, list[str]] | None:
-    if src is None or isinstance(src, dict):
-        return src
-    data = read_text_source(src)
-    if isinstance(data, list):
-        if what == "descriptors":
-            raise AbsclipError(f"{src} holds templates, not per-class descriptors.")
-        return None
-    return data
+def load(model: str, pretrained: str | None = None, **kwargs: Any) -> Classifier:
+    """Return a :class:`Classifier`: ``absclip.load("ViT-B-16", "openai", attention_model="clip")``.
 
-
-def _as_templates(src: str | os.PathLike) -> list[str] | None:
-    data = read_text_source(src)
-    return data if isinstance(data, list) else None
-
-
-def load(
-    model: str,
-    pretrained: str | None = None,
-    *,
-    attention_model: str | None = None,
-    device: str | None = "cpu",
-    precision: str | None = "fp32",
-    **kwargs: Any,
-) -> Classifier:
-    """Return a :class:`Classifier` (shortcut for :meth:`Classifier.from_pretrained`)."""
-    return Classifier.from_pretrained(model, pretrained, attention_model=attention_model, device=device,
-                                      precision=precision, **kwargs)
+    Model names as :func:`absclip.backbones.registry.load_clip`; ``kwargs`` are the fields of
+    :class:`ClassifierSpec` (device and precision default to ``auto``), plus the ``abs_config`` /
+    ``wca_config`` shorthands.
+    """
+    return ClassifierSpec.of(model, pretrained, **kwargs).build()

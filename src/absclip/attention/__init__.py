@@ -1,0 +1,1 @@
+"""Attention sources and maps: where ABS looks (DINO, CLIP self-attention, rollout, attention sinks)."""

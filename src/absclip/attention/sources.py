@@ -1,4 +1,4 @@
-"""Attention sources: where ABS's CLS→patch attention maps come from, and :func:`load_attention`.
+"""Attention sources: where ABS's CLS→patch attention maps come from (a DINO-like ViT, or CLIP itself).
 
 * :class:`HFAttention` — the last-layer CLS attention of a transformers ViT (DINO ViT-B/16 by
   default), read from transformers' eager attention with the model's own preprocessing;
@@ -71,13 +71,13 @@ class HFAttention(AttentionSource):
                 ) from e
             raise WeightsUnavailableError(
                 download_hint(f"attention model {name_or_path}", "the Hugging Face hub",
-                               "--attention-model /path/to/dir")
+                               "`attention_model` /path/to/dir")
             ) from e
         except Exception as e:
             if is_network_error(e):
                 raise WeightsUnavailableError(
                     download_hint(f"attention model {name_or_path}", "the Hugging Face hub",
-                                   "--attention-model /path/to/dir")
+                                   "`attention_model` /path/to/dir")
                 ) from e
             raise AbsclipError(f"Could not load attention model {name_or_path}: {str(e).splitlines()[0]}") from e
         vcfg = getattr(config, "vision_config", config)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,12 @@ from absclip.errors import AbsclipError
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+#: the one default of every entry point (API, CLI, scale-out): CUDA when there is one, else the CPU
+DEFAULT_DEVICE = "auto"
+#: ... and fp16 on CUDA (as the reference), fp32 on the CPU (bf16 moves logits ~1%: opt-in)
+DEFAULT_PRECISION = "auto"
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -66,7 +73,7 @@ class LoadRequest:
         pretrained: tag or checkpoint file, or None (random weights).
         device, dtype: where and in which precision the model runs.
         quick_gelu: force QuickGELU; None follows the tag/config.
-        cache_dir: download cache of the loading library.
+        weights_dir: download cache of the loading library (None: its own default).
     """
 
     model: str
@@ -74,7 +81,21 @@ class LoadRequest:
     device: torch.device
     dtype: torch.dtype
     quick_gelu: bool | None = None
-    cache_dir: str | None = None
+    weights_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class LoaderRow:
+    """One row of the loader table: ``loader`` loads every request ``accepts`` says yes to.
+
+    Adapter modules in :mod:`absclip.backbones` declare their rows in a module-level ``LOADERS``
+    tuple; :mod:`absclip.backbones.registry` collects them and tries them by ascending ``priority``.
+    """
+
+    name: str
+    accepts: Callable[[LoadRequest], bool]
+    loader: Callable[[LoadRequest], Backbone]
+    priority: int = 100
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from absclip.backbones.base import Backbone, BackboneFacts, LoadRequest, attention_probs
+from absclip.backbones.base import Backbone, BackboneFacts, LoaderRow, LoadRequest, attention_probs
 from absclip.backbones.hub import dir_digest, download_hint, is_network_error
 from absclip.errors import AbsclipError, WeightsUnavailableError
 
@@ -211,7 +211,7 @@ def load_hf_clip(request: LoadRequest) -> HFClipBackbone:
     src = name[len(HF_PREFIX):] if name.startswith(HF_PREFIX) else name
     local = os.path.isdir(src)
     try:
-        model = CLIPModel.from_pretrained(src)
+        model = CLIPModel.from_pretrained(src, cache_dir=request.weights_dir)
         try:
             processor = AutoImageProcessor.from_pretrained(src, backend="pil")
         except TypeError:  # transformers 4.x
@@ -220,9 +220,13 @@ def load_hf_clip(request: LoadRequest) -> HFClipBackbone:
     except Exception as e:
         if not local and is_network_error(e) or isinstance(e, OSError) and not local:
             raise WeightsUnavailableError(
-                download_hint(f"Hugging Face CLIP model {src}", "the Hugging Face hub", "--model hf:/path/to/dir")
+                download_hint(f"Hugging Face CLIP model {src}", "the Hugging Face hub", "`model` hf:/path/to/dir")
             ) from e
         raise AbsclipError(f"Could not load the transformers CLIP model {src}: {str(e).splitlines()[0]}") from e
     identity = f"hf-clip:{dir_digest(src) if local else src}"
     model = model.to(device, dtype)
     return HFClipBackbone(model, processor, tokenizer, name=src, identity=identity, device=device, dtype=dtype)
+
+
+#: this module's rows of the loader table (:mod:`absclip.backbones.registry`)
+LOADERS = (LoaderRow("transformers CLIPModel (hf: or a save_pretrained directory)", is_hf_clip, load_hf_clip, 10),)

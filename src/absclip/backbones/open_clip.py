@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from absclip.backbones.base import Backbone, BackboneFacts, LoadRequest, attention_probs
+from absclip.backbones.base import Backbone, BackboneFacts, LoaderRow, LoadRequest, attention_probs
 from absclip.backbones.fused_vit import FusedViT, fused_vit
 from absclip.backbones.hub import download_hint, file_digest, is_network_error, quiet_root_logging, safe_load_state_dict
 from absclip.errors import AbsclipError, WeightsUnavailableError
@@ -298,7 +298,7 @@ def load_open_clip(request: LoadRequest, *, name: str | None = None, identity_su
     name = name or request.model
     # random weights differ in every process: never let a cache or a resumed run take them for the same model
     identity_weights = (pretrained or f"random-init:{uuid.uuid4().hex}") + identity_suffix
-    kwargs: dict[str, Any] = {"device": dev, "cache_dir": request.cache_dir}
+    kwargs: dict[str, Any] = {"device": dev, "cache_dir": request.weights_dir}
     schema = name.split(":", 1)[0] if name.startswith(("hf-hub:", "local-dir:")) else None
 
     force_qg = bool(quick_gelu)
@@ -353,22 +353,22 @@ def load_open_clip(request: LoadRequest, *, name: str | None = None, identity_su
             ) from e
         if "Error(s) in loading state_dict" in text or "size mismatch" in text:
             raise AbsclipError(
-                f"Checkpoint {pretrained} does not fit model {name} (different architecture); pass the --model "
+                f"Checkpoint {pretrained} does not fit model {name} (different architecture); pass the `model` "
                 "that matches it."
             ) from e
         if is_network_error(e):
             if schema == "hf-hub":
                 msg = download_hint(name, f"the Hugging Face hub ({name[len('hf-hub:'):]})",
-                                     "--model local-dir:/path/to/dir (open_clip_config.json + weights)")
+                                     "`model` local-dir:/path/to/dir (open_clip_config.json + weights)")
             else:
                 tag_cfg = open_clip.get_pretrained_cfg(name, pretrained or "") or {}
                 src = f"the Hugging Face hub ({tag_cfg['hf_hub'].rstrip('/')})" if tag_cfg.get("hf_hub") \
                     else tag_cfg.get("url", "the open_clip download source")
-                msg = download_hint(f"'{pretrained}' {name}", src, "--pretrained /path/to/file")
+                msg = download_hint(f"'{pretrained}' {name}", src, "`pretrained` /path/to/file")
             raise WeightsUnavailableError(msg) from e
         raise AbsclipError(f"Could not load model {name} ({pretrained}): {str(e).splitlines()[0]}") from e
     if pretrained is None and schema is None:
-        log.warning("No --pretrained weights given for %s: the model is randomly initialised.", name)
+        log.warning("No pretrained weights given for %s: the model is randomly initialised.", name)
     tokenizer = open_clip.get_tokenizer(name)
     identity = f"open_clip:{name}|{identity_weights}|qg={force_qg}"
     clip = clip.to(dev, dtype)
@@ -410,7 +410,7 @@ def _build_from_state_dict(
         first = (f"{wrong[0]} has shape {tuple(sd[wrong[0]].shape)}, expected {tuple(expected[wrong[0]].shape)}"
                  if wrong else f"missing {missing[:2]}" if missing else f"unexpected {unexpected[:2]}")
         raise AbsclipError(
-            f"Checkpoint {pretrained} does not fit model {name} ({first}); pass the --model that matches it."
+            f"Checkpoint {pretrained} does not fit model {name} ({first}); pass the `model` that matches it."
         )
     clip.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()}, strict=True)
     tokenizer = open_clip.get_tokenizer(name)
@@ -428,8 +428,8 @@ def _load_openai_file(path: str, dev: torch.device, dtype: torch.dtype) -> ClipB
     sd = safe_load_state_dict(path)
     if not _is_openai_state_dict(sd):
         raise AbsclipError(
-            f"{path} is not an OpenAI-format CLIP checkpoint; pass an open_clip --model name or config "
-            "together with --pretrained FILE."
+            f"{path} is not an OpenAI-format CLIP checkpoint; pass an open_clip `model` name or config "
+            "together with `pretrained` FILE."
         )
     try:
         clip = build_model_from_openai_state_dict(sd).float().eval()
@@ -445,3 +445,16 @@ def _load_openai_file(path: str, dev: torch.device, dtype: torch.dtype) -> ClipB
     clip = clip.to(dev, dtype)
     return ClipBackbone(clip, preprocess, tokenizer, name=Path(path).stem, pretrained=path, identity=identity,
                         device=dev, dtype=dtype)
+
+
+def _any(request: LoadRequest) -> bool:
+    return True
+
+
+#: this module's rows of the loader table (:mod:`absclip.backbones.registry`); the name row is the catch-all
+LOADERS = (
+    LoaderRow("open_clip JSON config + weights", is_open_clip_config, load_open_clip_config, 20),
+    LoaderRow("OpenAI-format checkpoint file", is_openai_file, load_openai_file, 30),
+    LoaderRow("open_clip hf-hub: / local-dir:", is_open_clip_hub, load_open_clip, 40),
+    LoaderRow("open_clip name + tag or checkpoint file", _any, load_open_clip, 1000),
+)

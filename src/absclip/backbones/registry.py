@@ -1,48 +1,53 @@
 """Which adapter loads a model spec: a table of ``(predicate, loader)`` rows, and :func:`load_clip`.
 
-Adding a backbone family means one new module in :mod:`absclip.backbones` (a
-:class:`~absclip.backbones.base.Backbone` subclass and a loader taking a
-:class:`~absclip.backbones.base.LoadRequest`) and one row in :data:`LOADERS`. The first row whose
-predicate accepts the request loads it; the last row accepts everything."""
+Adding a backbone family means one new module in :mod:`absclip.backbones`: a
+:class:`~absclip.backbones.base.Backbone` subclass, a loader taking a
+:class:`~absclip.backbones.base.LoadRequest`, and a module-level ``LOADERS`` tuple of
+:class:`~absclip.backbones.base.LoaderRow` saying which specs it loads. The rows of every module are
+collected here and tried by ascending priority; the first that accepts a request loads it (the
+open_clip name row, last, accepts everything)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import importlib
+import pkgutil
 
 import torch
 
-from absclip.backbones import hf, open_clip
-from absclip.backbones.base import Backbone, LoadRequest, resolve_device, resolve_precision
+from absclip.backbones.base import (
+    DEFAULT_DEVICE,
+    DEFAULT_PRECISION,
+    Backbone,
+    LoaderRow,
+    LoadRequest,
+    resolve_device,
+    resolve_precision,
+)
 
 
-@dataclass(frozen=True)
-class LoaderRow:
-    """One row of the table: ``loader`` loads every request ``accepts`` says yes to."""
+def collect_loaders() -> list[LoaderRow]:
+    """Return the ``LOADERS`` rows of every module of :mod:`absclip.backbones`, by ascending priority."""
+    import absclip.backbones as package
 
-    name: str
-    accepts: Callable[[LoadRequest], bool]
-    loader: Callable[[LoadRequest], Backbone]
+    rows: list[LoaderRow] = []
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if info.name != "registry":
+            rows += getattr(importlib.import_module(f"{package.__name__}.{info.name}"), "LOADERS", ())
+    return sorted(rows, key=lambda r: r.priority)
 
 
 #: tried in order; the first row that accepts a request loads it
-LOADERS: list[LoaderRow] = [
-    LoaderRow("transformers CLIPModel (hf: or a save_pretrained directory)", hf.is_hf_clip, hf.load_hf_clip),
-    LoaderRow("open_clip JSON config + weights", open_clip.is_open_clip_config, open_clip.load_open_clip_config),
-    LoaderRow("OpenAI-format checkpoint file", open_clip.is_openai_file, open_clip.load_openai_file),
-    LoaderRow("open_clip hf-hub: / local-dir:", open_clip.is_open_clip_hub, open_clip.load_open_clip),
-    LoaderRow("open_clip name + tag or checkpoint file", lambda request: True, open_clip.load_open_clip),
-]
+LOADERS: list[LoaderRow] = collect_loaders()
 
 
 def load_clip(
     model: str,
     pretrained: str | None = None,
     *,
-    device: str | torch.device | None = "cpu",
-    precision: str | None = "fp32",
+    device: str | torch.device | None = DEFAULT_DEVICE,
+    precision: str | None = DEFAULT_PRECISION,
     quick_gelu: bool | None = None,
-    cache_dir: str | None = None,
+    weights_dir: str | None = None,
 ) -> Backbone:
     """Return the :class:`~absclip.backbones.base.Backbone` for a model spec (the first row of :data:`LOADERS`).
 
@@ -53,10 +58,10 @@ def load_clip(
             OpenAI-format checkpoint (TorchScript archive or state dict) when ``pretrained`` is None.
         pretrained: an open_clip tag (``openai``, ``laion2b_s34b_b88k``...) or a checkpoint file.
             ``None`` builds the architecture with random weights (logged).
-        device: ``cpu`` (default), ``cuda``, ``cuda:N`` or ``auto``.
-        precision: ``fp32`` (default), ``bf16``, ``fp16`` or ``auto`` (fp16 on CUDA, fp32 on CPU).
+        device: ``auto`` (default: CUDA if available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``auto`` (default: fp16 on CUDA, fp32 on the CPU), ``fp32``, ``bf16`` or ``fp16``.
         quick_gelu: force QuickGELU (OpenAI weights need it); ``None`` follows the tag/config.
-        cache_dir: where open_clip caches downloads.
+        weights_dir: where downloaded weights are cached (None: open_clip's / Hugging Face's default).
 
     Raises:
         AbsclipError: unknown name or tag, unreadable or mismatched checkpoint.
@@ -72,7 +77,7 @@ def load_clip(
         device=dev,
         dtype=resolve_precision(precision, dev),
         quick_gelu=quick_gelu,
-        cache_dir=cache_dir,
+        weights_dir=weights_dir,
     )
     row = next(r for r in LOADERS if r.accepts(request))
     return row.loader(request)

@@ -1,0 +1,1 @@
+"""The ``absclip`` command line: one module per command, shared options in :mod:`absclip.cli.options`."""

@@ -17,7 +17,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from absclip.methods.base import get_method_class
 
     get_method_class(args.method)
-    items = [make_item(p, max_pixels=args.max_pixels) if args.max_pixels else make_item(p)
+    items = [make_item(p, max_pixels=args.max_pixels)
              for p in expand_images(args.images)]
     clf = build_classifier(args)
     set_classes(clf, args)

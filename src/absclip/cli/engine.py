@@ -45,7 +45,7 @@ def recipe(args: argparse.Namespace, classes: Any) -> Any:
     from absclip.engines.ray import ClassifierRecipe
 
     return ClassifierRecipe.from_sources(classifier_spec(args), classes, args.descriptions, args.descriptors,
-                                         args.templates)
+                                         args.templates, descriptions_dir=args.descriptions_dir)
 
 
 def _announce(line: str) -> None:

@@ -36,7 +36,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     samples = take(load_samples(args.data, classes, image_column=args.image_column,
                                 label_column=args.label_column), args.limit)
     clf = build_classifier(args)
-    clf.set_classes(classes, args.descriptions, descriptors=args.descriptors, templates=args.templates)
+    clf.set_classes(classes, args.descriptions, descriptors=args.descriptors, templates=args.templates,
+                    descriptions_dir=args.descriptions_dir)
     dataset = args.dataset_name or os.path.basename(os.path.normpath(args.data))
     doc = evaluate(clf, samples, methods, output=args.output, predictions=args.predictions, dataset=dataset,
                    top=args.top, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,

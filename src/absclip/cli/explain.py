@@ -12,7 +12,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from absclip.diagnostics.explain import explain
     from absclip.io.images import make_item
 
-    item = make_item(args.image, max_pixels=args.max_pixels) if args.max_pixels else make_item(args.image)
+    item = make_item(args.image, max_pixels=args.max_pixels)
     clf = build_classifier(args)
     set_classes(clf, args)
     ex = explain(clf, item, top=args.top, map=args.map, map_class=args.map_class,

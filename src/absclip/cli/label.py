@@ -1,4 +1,4 @@
-"""CLI command ``absclip label`` (bulk labelling) and the ``--engine ray`` options shared with ``absclip eval``."""
+"""``absclip label``: label, score and top-k for every image (no ground truth), locally or on Ray."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``absclip label`` to the ``absclip`` parser (model and ABS options from ``common``)."""
-    from absclip.cli.options import EPILOG_MODELS, class_options
+    from absclip.cli.options import EPILOG_MODELS, class_options, method_help
 
     p = sub.add_parser(
         "label", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                                 "path, or with --engine ray any URI pyarrow reads (s3://, gs://, ...)")
     class_options(p)
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (path, or URI with --engine ray)")
-    p.add_argument("--method", default="abs", help="abs (default), clip, clip-e, cupl, dclip, waffle or wca")
+    p.add_argument("--method", default="abs", help=method_help("abs"))
     p.add_argument("--top", type=int, default=5, help="labels and scores kept per image (default: 5)")
     p.add_argument("--limit", type=int, help="label only the first N images")
     p.add_argument("--image-column", help="listing column with image paths (default: path/file/image...)")

@@ -8,6 +8,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -99,6 +100,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def option_names(parser: argparse.ArgumentParser, command: str | None) -> dict[str, str]:
+    """Return ``{parameter name: flag}`` for the options of ``command`` (and every settings field with a flag).
+
+    Library errors name parameters in backquotes (```pretrained```); the CLI shows its flags instead.
+    """
+    names: dict[str, str] = {}
+
+    def collect(p: argparse.ArgumentParser) -> None:
+        for a in p._actions:
+            if a.option_strings:
+                names.setdefault(a.dest, max(a.option_strings, key=len))
+            if isinstance(a, argparse._SubParsersAction):
+                for sub in ([a.choices[command]] if command in a.choices else a.choices.values()):
+                    if sub is not p:
+                        collect(sub)
+
+    collect(parser)
+    try:
+        from absclip.cli.options import settings_flags
+
+        for flags in settings_flags().values():
+            for name, flag in flags.items():
+                names.setdefault(name, flag)
+    except ImportError:  # pragma: no cover - torch missing: the parser's own names still apply
+        pass
+    return names
+
+
+def cli_message(message: str, names: dict[str, str]) -> str:
+    """Return a library message with backquoted parameter names shown as the CLI's flags."""
+    return re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", lambda m: names.get(m.group(1), m.group(1)), message)
+
+
 def _configure_logging(debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="absclip: %(message)s")
     if not debug:
@@ -113,15 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = getattr(args, "debug", False)
     _configure_logging(debug)
-    if getattr(args, "descriptions_dir", None):  # read by absclip.text.public_sets when a set name is resolved
-        os.environ["ABSCLIP_DESCRIPTIONS_DIR"] = args.descriptions_dir
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except AbsclipError as e:
         if debug:
             raise
-        print(f"absclip: error: {e}", file=sys.stderr)
+        print(f"absclip: error: {cli_message(str(e), option_names(parser, getattr(args, 'command', None)))}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("absclip: interrupted; finished predictions are saved (re-run to resume).", file=sys.stderr)

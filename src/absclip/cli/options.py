@@ -38,7 +38,9 @@ def _pair(text: str) -> tuple[float, float]:
 
 def model_options() -> argparse.ArgumentParser:
     """Return a parent parser with the model, device and run options shared by all commands."""
+    from absclip.backbones.base import DEFAULT_DEVICE, DEFAULT_PRECISION
     from absclip.core.settings import DEFAULT_SINK_THRESHOLD
+    from absclip.io.images import DEFAULT_MAX_PIXELS
 
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("model")
@@ -62,13 +64,15 @@ def model_options() -> argparse.ArgumentParser:
                         f"default: {DEFAULT_SINK_THRESHOLD:g})")
     g.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
                    help="force QuickGELU (OpenAI weights need it; default: follow the pretrained tag)")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    g.add_argument("--device", default=DEFAULT_DEVICE, help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    g.add_argument("--precision", default=DEFAULT_PRECISION, choices=["auto", "fp32", "bf16", "fp16"],
                    help="compute precision; auto = fp16 on CUDA, fp32 on CPU (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=8, help="images per batch; never changes results (default: 8)")
     g.add_argument("--seed", type=int, default=0, help="run seed; crops are drawn per image from (seed, image)")
-    g.add_argument("--cache-dir", default=None, help="text-embedding cache (default: $ABSCLIP_CACHE_DIR or "
-                                                       "~/.cache/absclip)")
+    g.add_argument("--cache-dir", default=None, help="absclip's cache; text embeddings go to DIR/text (default: "
+                                                       "$ABSCLIP_CACHE_DIR or ~/.cache/absclip)")
+    g.add_argument("--weights-dir", default=None, help="where downloaded model weights are cached (default: "
+                                                         "open_clip's and Hugging Face's own caches)")
     g.add_argument("--no-cache", action="store_true", help="do not read or write the text-embedding cache")
     t = p.add_argument_group("text")
     t.add_argument("--descriptions", help="CuPL-style JSON {class: [sentences]}, a template file, or a public set "
@@ -79,10 +83,22 @@ def model_options() -> argparse.ArgumentParser:
     t.add_argument("--templates", help="templates with {c} or {} (JSON list, CLIP_benchmark file or .txt) for clip-e "
                                        "and as the fallback descriptions")
     add_settings_options(p)
-    p.add_argument("--max-pixels", type=int, default=None,
-                   help="refuse images with more pixels than this (default: PIL's bomb limit, ~179M)")
+    p.add_argument("--max-pixels", type=_max_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="refuse images with more pixels than this; 0 = no limit (default: %(default)s, PIL's "
+                        "decompression-bomb limit)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     return p
+
+
+def _max_pixels(text: str) -> int | None:
+    """``--max-pixels N``: a pixel count, 0 for no limit (the library's None)."""
+    try:
+        n = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels, got {text!r}") from e
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (no limit) or a positive number, got {n}")
+    return n or None
 
 
 def _flag_dest(flag: str) -> str:
@@ -163,12 +179,12 @@ def classifier_spec(args: argparse.Namespace) -> Any:
 
     return ClassifierSpec(
         model=args.model, pretrained=args.pretrained, device=args.device, precision=args.precision,
-        quick_gelu=args.quick_gelu, cache_dir=args.cache_dir, attention_model=args.attention_model,
+        quick_gelu=args.quick_gelu, weights_dir=args.weights_dir, attention_model=args.attention_model,
         attention_layer=args.attention_layer, attention_rollout=args.attention_rollout,
         sink_threshold=args.sink_threshold if args.sink_threshold is not None
         else DEFAULT_SINK_THRESHOLD if args.ignore_sinks else None,
         settings=tuple(settings_from_args(args)), seed=args.seed, batch_size=args.batch_size,
-        text_cache_dir=os.path.join(args.cache_dir, "text") if args.cache_dir else None, use_cache=not args.no_cache)
+        cache_dir=args.cache_dir, use_cache=not args.no_cache)
 
 
 def build_classifier(args: argparse.Namespace) -> Any:
@@ -189,7 +205,8 @@ def set_classes(clf: Any, args: argparse.Namespace) -> None:
     from absclip.text.classes import load_classes
 
     classes = load_classes(args.classes, args.classes_file)
-    clf.set_classes(classes, args.descriptions, descriptors=args.descriptors, templates=args.templates)
+    clf.set_classes(classes, args.descriptions, descriptors=args.descriptors, templates=args.templates,
+                    descriptions_dir=args.descriptions_dir)
 
 
 def class_options(p: argparse.ArgumentParser) -> None:

@@ -306,7 +306,7 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
         if m not in BENCH_METHODS:
             raise AbsclipError(f"absclip bench measures {', '.join(BENCH_METHODS)}; got {m!r}.")
     if s.limit < 1 or s.repeat < 1:
-        raise AbsclipError("--limit and --repeat must be at least 1.")
+        raise AbsclipError("`limit` and `repeat` must be at least 1.")
     paths = [str(p) for p in list_images(s.images)][: s.limit]
     if not paths:
         raise AbsclipError(f"No images found under {s.images}.")
@@ -325,7 +325,7 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
     if s.attention_model is None:
         attention = random_dino_vitb16(device)
         notes.append("attention model: DINO ViT-B/16 built from its config with random weights "
-                     "(pass --attention-model DIR for real weights)")
+                     "(pass `attention_model` DIR for real weights)")
     else:
         attention = load_attention(s.attention_model, base, device=device)
     if s.pretrained is None:

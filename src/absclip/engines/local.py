@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from absclip.api import Classifier
-from absclip.engines.results import results_document, run_id_for, tally, write_results
+from absclip.engines.results import default_predictions, results_document, run_id_for, tally, write_results
 from absclip.errors import AbsclipError, BadImageError
 from absclip.io.files import atomic_write_json
 from absclip.io.images import DEFAULT_MAX_PIXELS, ImageItem, make_item
@@ -215,8 +215,7 @@ def evaluate(
     methods = list(dict.fromkeys(methods))
     spec = run_spec(clf, methods, top)  # text side once, before any image
     out_path = str(output)
-    pred_path = Path(predictions) if predictions else Path(
-        out_path.replace("{method}", "all").rsplit(".json", 1)[0] + ".predictions.jsonl")
+    pred_path = Path(predictions or default_predictions(out_path, ".jsonl"))
     run_id = run_id_for(spec)
     if overwrite and pred_path.exists():
         pred_path.unlink()

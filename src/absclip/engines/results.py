@@ -133,3 +133,12 @@ def write_results(doc: dict[str, Any], output: str | os.PathLike) -> dict[str, A
     else:
         atomic_write_json(out_path, doc)
     return doc
+
+
+def default_predictions(output: str | os.PathLike, suffix: str) -> str:
+    """Return where the records of a results file go by default: ``<output stem>.predictions<suffix>``.
+
+    ``{method}`` in ``output`` becomes ``all`` (one records file serves every method). The local
+    engine uses ``.jsonl`` (a file), Ray ``""`` (a folder of Parquet shards).
+    """
+    return str(output).replace("{method}", "all").rsplit(".json", 1)[0] + ".predictions" + suffix

@@ -89,7 +89,7 @@ def decode_image(data: bytes, name: str | os.PathLike, *, max_pixels: int | None
             w, h = im.size
             if max_pixels is not None and w * h > max_pixels:
                 raise BadImageError(
-                    f"{p}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (raise it with --max-pixels)."
+                    f"{p}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} (raise it with `max_pixels`)."
                 )
             im.load()
             return to_rgb(im)

@@ -137,7 +137,7 @@ def records_table(records: Sequence[dict[str, Any]]) -> Any:
 def _check_fields(rec: dict[str, Any], where: object) -> None:
     if tuple(rec) != FIELDS:
         raise AbsclipError(f"{where} holds records of another format (fields {sorted(rec)}); it was written by "
-                           "another absclip version. Use another --output or --overwrite.")
+                           "another absclip version. Use another `output` or `overwrite`.")
 
 
 class RecordWriter(Protocol):
@@ -174,14 +174,14 @@ class JsonlRecordWriter:
         w = cls(p, run_id)
         if p.exists() and p.stat().st_size > 0:
             if not resume:
-                raise AbsclipError(f"{p} already exists; pass --resume to continue it or --overwrite to start over.")
+                raise AbsclipError(f"{p} already exists; pass `resume` to continue it or `overwrite` to start over.")
             good: list[str] = []
             for line, rec in _jsonl_lines(p):
                 _check_fields(rec, p)
                 if rec["run"] != run_id:
                     raise AbsclipError(
                         f"{p} was written with different settings (run {rec['run']} vs {run_id}); use another "
-                        "--output or --overwrite instead of mixing results."
+                        "`output` or `overwrite` instead of mixing results."
                     )
                 good.append(line)
                 w.done.setdefault(record_key(rec), rec)

@@ -1,4 +1,4 @@
-"""Images and labelled data sets: decoding, image identity, folders and CSV/JSONL listings."""
+"""Labelled data sets and image lists: folders, ImageFolder trees and CSV/TSV/JSONL listings."""
 
 from __future__ import annotations
 
@@ -114,9 +114,9 @@ def listing_columns(cols: Sequence[str], where: str, image_column: str | None = 
     icol = image_column or next((c for c in IMAGE_COLUMNS if c in cols), None)
     lcol = label_column or next((c for c in LABEL_COLUMNS if c in cols), None)
     if icol is None or icol not in cols:
-        raise AbsclipError(f"{where} has no image column (looked for {', '.join(IMAGE_COLUMNS)}); use --image-column.")
+        raise AbsclipError(f"{where} has no image column (looked for {', '.join(IMAGE_COLUMNS)}); use `image_column`.")
     if labelled and (lcol is None or lcol not in cols):
-        raise AbsclipError(f"{where} has no label column (looked for {', '.join(LABEL_COLUMNS)}); use --label-column.")
+        raise AbsclipError(f"{where} has no label column (looked for {', '.join(LABEL_COLUMNS)}); use `label_column`.")
     return icol, (lcol if labelled else None)
 
 

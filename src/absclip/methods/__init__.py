@@ -1,6 +1,12 @@
-"""Methods: one module per family; importing the package registers every built-in method."""
+"""Methods: one module per family; importing the package registers every method module in it.
 
-from absclip.methods import abs, heads, wca  # noqa: F401  (registration)
+A new method is one new module here (a :class:`~absclip.methods.base.Method` subclass decorated
+with :func:`~absclip.methods.base.register_method`); it is found and registered on import.
+"""
+
+import importlib
+import pkgutil
+
 from absclip.methods.base import (
     Method,
     create_method,
@@ -10,6 +16,11 @@ from absclip.methods.base import (
     settings_types,
     unregister_method,
 )
+
+#: imported first, so that ``absclip methods`` lists the baselines before ABS; every other module follows by name
+_FIRST = ("heads", "wca", "abs")
+for _name in (*_FIRST, *sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in _FIRST)):
+    importlib.import_module(f"{__name__}.{_name}")
 
 __all__ = ["Method", "create_method", "get_method_class", "list_methods", "register_method", "settings_types",
            "unregister_method"]

@@ -1,4 +1,4 @@
-"""Method registry: ABS and its baselines behind one signature.
+"""Method base class and registry: every method builds its text side once and maps a batch to logits.
 
 Every method builds its text side once (:meth:`Method.prepare`) and then maps a batch to logits
 ``[B, C]`` (:meth:`Method.logits`). CLI choices and tests come from :func:`list_methods`."""

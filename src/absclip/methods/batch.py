@@ -1,4 +1,4 @@
-"""Image side of ABS: image → attention → views → embeddings.
+"""Shared per-batch state (:class:`BatchContext`): pixels, tokens, full-image embeddings, attention, crops.
 
 :class:`BatchContext` computes, lazily and at most once per batch, the things several methods
 share (full-image pixels and embedding, the tokens entering the feature-crop block, the

@@ -1,4 +1,4 @@
-"""Class lists and text banks: CuPL description dicts, DCLIP descriptor dicts, ``{c}`` templates.
+"""Text banks: per-class lists of strings from CuPL descriptions, DCLIP descriptors, ``{c}`` templates, WaffleCLIP.
 
 A text bank is data: for each class, a list of strings. Banks are built once per method and
 encoded once per (backbone, exact texts), with an on-disk cache keyed by both."""

@@ -91,7 +91,7 @@ def load_classes(
     column containing "synonym" (comma-separated).
     """
     if (classes is None) == (classes_file is None):
-        raise AbsclipError("Give the classes either with --classes a,b,c or with --classes-file FILE (exactly one).")
+        raise AbsclipError("Give the classes either as `classes` (a,b,c) or as `classes_file` (exactly one).")
     if classes is not None:
         items = [c.strip() for c in classes.split(",")] if isinstance(classes, str) else list(classes)
         return ClassList.from_names([c for c in items if c])

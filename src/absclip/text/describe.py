@@ -124,12 +124,12 @@ class ChatClient:
         self.url = chat_url(settings.base_url)
         parsed = urllib.parse.urlparse(self.url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise AbsclipError(f"--base-url {settings.base_url!r} is not an http(s) URL.")
+            raise AbsclipError(f"`base_url` {settings.base_url!r} is not an http(s) URL.")
         self._api_key = os.environ.get(settings.api_key_env, "").strip() or None
         if self._api_key is None:
             if parsed.hostname == "api.openai.com":
                 raise AbsclipError(f"Set the environment variable {settings.api_key_env} to your API key (or name "
-                                   "another variable with --api-key-env).")
+                                   "another variable with `api_key_env`).")
             log.info("No %s in the environment; sending requests without an API key.", settings.api_key_env)
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
@@ -223,8 +223,8 @@ class ChatClient:
             raise ChatFatalError(f"The server at {self.url} refused the request ({msg}); check the key in "
                                  f"{self.settings.api_key_env}.")
         if code == 404:
-            raise ChatFatalError(f"The server answered 404 for {self.url} ({msg}); check --base-url (usually ending "
-                                 f"in /v1) and --model {self.settings.model!r}.")
+            raise ChatFatalError(f"The server answered 404 for {self.url} ({msg}); check `base_url` (usually "
+                                 f"ending in /v1) and `model` {self.settings.model!r}.")
         if code in (400, 422) and n > 1 and self._n_supported:
             log.info("The server refused n=%d (%s); asking for one completion per request from now on.", n, msg)
             self._n_supported = False
@@ -383,7 +383,7 @@ def describe_class(client: ChatClient, name: str, questions: Sequence[str], per_
         ChatError: no usable sentence, or a request failed for good.
     """
     if per_class < 1:
-        raise AbsclipError("--per-class must be at least 1.")
+        raise AbsclipError("`per_class` must be at least 1.")
     prompts = [fill_question(q, name) for q in questions]
     system = fill_question(system_prompt, name) if system_prompt else None
     per_question: list[list[str]] = [[] for _ in prompts]
@@ -457,18 +457,18 @@ def read_existing(path: str | os.PathLike) -> dict[str, list[str]]:
     try:
         raw = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
-        raise AbsclipError(f"Cannot read the existing output {p} ({e}); move it away or pass --overwrite.") from e
+        raise AbsclipError(f"Cannot read the existing output {p} ({e}); move it away or pass `overwrite`.") from e
     if not raw.strip():
         return {}
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as e:
         raise AbsclipError(f"The existing output {p} is not valid JSON (line {e.lineno}); move it away or pass "
-                           "--overwrite.") from e
+                           "`overwrite`.") from e
     if not isinstance(data, dict) or not all(isinstance(v, list) and all(isinstance(s, str) for s in v)
                                              for v in data.values()):
         raise AbsclipError(f"The existing output {p} is not a {{class: [sentences]}} object; move it away or pass "
-                           "--overwrite.")
+                           "`overwrite`.")
     return data
 
 
@@ -507,11 +507,11 @@ def generate_descriptions(
         KeyboardInterrupt: passed on after the finished classes are saved.
     """
     if concurrency < 1:
-        raise AbsclipError("--concurrency must be at least 1.")
+        raise AbsclipError("`concurrency` must be at least 1.")
     if not questions:
         raise AbsclipError("Give at least one question.")
     if per_class < 1:
-        raise AbsclipError("--per-class must be at least 1.")
+        raise AbsclipError("`per_class` must be at least 1.")
     order = list(dict.fromkeys(c.strip() for c in classes if c.strip()))
     existing = {} if overwrite else read_existing(out)
     results: dict[str, list[str]] = dict(existing)

@@ -350,7 +350,7 @@ def local_dir(descriptions_dir: str | os.PathLike | None = None) -> Path | None:
         return None
     p = Path(raw).expanduser()
     if not p.is_dir():
-        what = "--descriptions-dir" if descriptions_dir is not None else ENV_DIR
+        what = "`descriptions_dir`" if descriptions_dir is not None else ENV_DIR
         raise AbsclipError(f"{what} points at {p}, which is not a directory.")
     return p
 

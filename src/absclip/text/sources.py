@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,49 @@ def read_text_source(path: str | os.PathLike, *, descriptions_dir: str | os.Path
     if len(out) == 1 and all(is_template(s) for s in next(iter(out.values()))):
         return next(iter(out.values()))
     return out
+
+
+@dataclass(frozen=True)
+class Texts:
+    """The texts a user gave for the classes, read: ``None`` means "not given".
+
+    Attributes:
+        descriptions: CuPL-style ``{class: [sentences]}``.
+        descriptors: DCLIP-style ``{class: [phrases]}``.
+        templates: ``{c}`` templates (``clip-e``, and the fallback of the description methods).
+        descriptions_are_templates: the descriptions source held templates, so they became ``templates``.
+    """
+
+    descriptions: dict[str, list[str]] | None = None
+    descriptors: dict[str, list[str]] | None = None
+    templates: list[str] | None = None
+    descriptions_are_templates: bool = False
+
+
+def read_texts(descriptions: Any = None, descriptors: Any = None, templates: Any = None, *,
+               descriptions_dir: str | os.PathLike | None = None) -> Texts:
+    """Read the descriptions, descriptors and templates a user gave (files, public set names or data).
+
+    Each may be a path, a public set name (:func:`read_text_source`), already-read data, or None.
+    A templates file given as ``descriptions`` becomes the templates (each class's descriptions are
+    then its filled templates), unless templates were given too.
+
+    Raises:
+        AbsclipError: a file of the wrong kind (descriptions given as templates, templates as descriptors).
+    """
+    def read(src: Any) -> Any:
+        if isinstance(src, (str, os.PathLike)):
+            return read_text_source(src, descriptions_dir=descriptions_dir)
+        if isinstance(src, dict):
+            return {str(k): list(v) for k, v in src.items()}
+        return list(src) if src is not None else None
+
+    desc, dscr, tmpl = read(descriptions), read(descriptors), read(templates)
+    if isinstance(tmpl, dict):
+        raise AbsclipError(f"{templates} holds per-class descriptions, not templates.")
+    if isinstance(dscr, list):
+        raise AbsclipError(f"{descriptors} holds templates, not per-class descriptors.")
+    as_templates = isinstance(desc, list)
+    if as_templates:
+        tmpl, desc = tmpl or desc, None
+    return Texts(desc, dscr, tmpl, as_templates)

@@ -17,6 +17,7 @@ from absclip.engines.ray.plan import ATTENTION_CPUS, DECODE_CPUS, WRITE_CPUS, Pl
 from absclip.engines.ray.session import _unwrapped, ray_session
 from absclip.engines.ray.stages import AttentionMaps, EncodeAndScore, decode_images, prepare_text
 from absclip.errors import AbsclipError
+from absclip.io.images import DEFAULT_MAX_PIXELS
 from absclip.io.shards import OutputDir
 
 log = logging.getLogger(__package__)  # "absclip.engines.ray", the logger of the module before the split
@@ -66,7 +67,7 @@ def run_pipeline(
     options: RayOptions | None = None,
     resume: bool = True,
     overwrite: bool = False,
-    max_pixels: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     limit: int | None = None,
     image_column: str | None = None,
     label_column: str | None = None,
@@ -114,20 +115,20 @@ def run_pipeline(
         meta = _unwrapped(lambda: ray.get(meta_ref))
         if "random-init" in meta["spec"]["backbone"]:
             raise AbsclipError("The model has random weights, which differ in every Ray worker; save them once "
-                               "(torch.save(model.state_dict(), F)) and pass --pretrained F.")
+                               "(torch.save(model.state_dict(), F)) and pass `pretrained` F.")
         from absclip.engines.results import run_id_for
 
         run_id = run_id_for(meta["spec"])
         done_rows = out.read(["path", "method", "run", "skip_reason"], drop_broken=True)
         if done_rows.num_rows:
             if not resume:
-                raise AbsclipError(f"{output} already holds predictions; pass --resume to continue or --overwrite to "
-                                   "start over.")
+                raise AbsclipError(f"{output} already holds predictions; pass `resume` to continue or `overwrite` "
+                                   "to start over.")
             runs = set(done_rows.column("run").to_pylist())
             if runs != {run_id}:
                 other = sorted(runs - {run_id})[0]
                 raise AbsclipError(f"{output} was written with different settings (run {other} vs {run_id}); use "
-                                   "another --output or --overwrite instead of mixing results.")
+                                   "another `output` or `overwrite` instead of mixing results.")
         have: dict[str, set[str]] = {}
         for p, m, reason in zip(done_rows.column("path").to_pylist(), done_rows.column("method").to_pylist(),
                                 done_rows.column("skip_reason").to_pylist()):

@@ -41,10 +41,10 @@ def evaluate_ray(
     Returns the results document. ``predictions`` is the Parquet folder (default: next to
     ``output``, ``<name>.predictions``); other keyword arguments go to :func:`run_pipeline`.
     """
-    from absclip.engines.results import results_document, tally, write_results
+    from absclip.engines.results import default_predictions, results_document, tally, write_results
 
     out_path = str(output)
-    pred_dir = predictions or out_path.replace("{method}", "all").rsplit(".json", 1)[0] + ".predictions"
+    pred_dir = predictions or default_predictions(out_path, "")
     t0 = time.perf_counter()
     run = run_pipeline(recipe, data, methods, output=pred_dir, labelled=True, top=top, keep=max(top, 5), **kwargs)
     methods = list(dict.fromkeys(methods))

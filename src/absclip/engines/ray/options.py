@@ -48,11 +48,11 @@ class RayOptions:
 
     def __post_init__(self) -> None:
         if self.actors is not None and self.actors < 1:
-            raise AbsclipError(f"--actors must be at least 1, got {self.actors}.")
+            raise AbsclipError(f"`actors` must be at least 1, got {self.actors}.")
         if self.cpus_per_actor is not None and self.cpus_per_actor <= 0:
-            raise AbsclipError(f"--cpus-per-actor must be positive, got {self.cpus_per_actor}.")
+            raise AbsclipError(f"`cpus_per_actor` must be positive, got {self.cpus_per_actor}.")
         if self.gpus_per_actor < 0:
-            raise AbsclipError(f"--gpus-per-actor must be >= 0, got {self.gpus_per_actor}.")
+            raise AbsclipError(f"`gpus_per_actor` must be >= 0, got {self.gpus_per_actor}.")
         if self.attention not in (None, "stage", "actor"):
             raise AbsclipError(f"attention placement must be 'stage' or 'actor', got {self.attention!r}.")
         for name in ("batch_size", "decode_batch_size", "attention_actors"):
@@ -82,24 +82,16 @@ class ClassifierRecipe:
 
     @classmethod
     def from_sources(cls, spec: ClassifierSpec, classes: ClassList, descriptions: Any = None,
-                     descriptors: Any = None, templates: Any = None) -> ClassifierRecipe:
+                     descriptors: Any = None, templates: Any = None, *,
+                     descriptions_dir: str | os.PathLike | None = None) -> ClassifierRecipe:
         """Return a recipe with text files (or public set names) read here, as ``set_classes`` reads them."""
-        from absclip.text.sources import read_text_source
+        from absclip.text.sources import read_texts
 
-        def read(src: Any) -> Any:
-            return read_text_source(src) if isinstance(src, (str, os.PathLike)) else src
-
-        desc, dscr, tmpl = read(descriptions), read(descriptors), read(templates)
-        if isinstance(tmpl, dict):
-            raise AbsclipError(f"{templates} holds per-class descriptions, not templates.")
-        if isinstance(dscr, list):
-            raise AbsclipError(f"{descriptors} holds templates, not per-class descriptors.")
-        if isinstance(desc, list):  # a template file given as --descriptions: the templates become the descriptions
-            tmpl, desc = tmpl or desc, None
         if not isinstance(spec, ClassifierSpec):
             raise AbsclipError(f"A recipe needs a ClassifierSpec (plain data for the workers), not "
                                f"{type(spec).__name__}.")
-        return cls(spec, classes, desc, dscr, list(tmpl) if tmpl is not None else None)
+        texts = read_texts(descriptions, descriptors, templates, descriptions_dir=descriptions_dir)
+        return cls(spec, classes, texts.descriptions, texts.descriptors, texts.templates)
 
     def classifier(self) -> Classifier:
         """Return a new classifier with the classes and texts set (text not yet encoded)."""

@@ -71,11 +71,11 @@ def make_plan(options: RayOptions, cluster_cpus: float, cluster_gpus: float, *, 
     problems = []
     if actors * cpus + light > cluster_cpus + 1e-9:
         problems.append(f"{actors} actor(s) x {cpus:g} CPU plus {light:g} CPU for the decode/attention/write stages "
-                        f"exceed the cluster's {cluster_cpus:g} CPUs (fractions such as --cpus-per-actor 0.5 work)")
+                        f"exceed the cluster's {cluster_cpus:g} CPUs (fractions such as `cpus_per_actor` 0.5 work)")
     if gpus and actors * gpus > cluster_gpus + 1e-9:
         problems.append(f"{actors} actor(s) x {gpus:g} GPU exceed the cluster's {cluster_gpus:g} GPUs")
     if problems and fixed:
-        raise AbsclipError("; ".join(problems) + "; lower --actors or the per-actor resources.")
+        raise AbsclipError("; ".join(problems) + "; lower `actors` or the per-actor resources.")
     for p in problems:
         log.warning("%s; the run waits for resources unless the cluster grows.", p)
     bs = options.batch_size or batch_size

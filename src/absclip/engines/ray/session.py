@@ -67,7 +67,7 @@ def ray_session(address: str | None = None) -> Iterator[tuple[Any, bool]]:
             ray.init(**kwargs)
         except ConnectionError as e:
             raise AbsclipError(f"Could not connect to the Ray cluster at {address} ({str(e).splitlines()[0]}); "
-                               "start one with 'ray start --head' or leave out --address.") from e
+                               "start one with 'ray start --head' or leave out `address`.") from e
         started = True
     try:
         yield ray, started

@@ -12,6 +12,7 @@ from typing import Any
 from absclip.attention.sources import AttentionSource
 from absclip.engines.ray.options import ClassifierRecipe
 from absclip.errors import AbsclipError, BadImageError
+from absclip.io.images import DEFAULT_MAX_PIXELS
 from absclip.io.uris import read_bytes
 
 log = logging.getLogger(__package__)  # "absclip.engines.ray", the logger of the module before the split
@@ -56,17 +57,17 @@ def prepare_text(recipe: ClassifierRecipe, methods: Sequence[str], top: int,
     return meta, prepared
 
 
-def decode_images(batch: Any, max_pixels: int | None = None) -> Any:
+def decode_images(batch: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Any:
     """Decode a batch of listed images: pyarrow table ``(path, label)`` → ``(path, label, key, width, height,
     image, skip_reason)``; ``image`` is the RGB pixels as bytes (``H*W*3``), empty for a skipped image."""
     import pyarrow as pa
 
-    from absclip.io.images import DEFAULT_MAX_PIXELS, decode_image, image_key
+    from absclip.io.images import decode_image, image_key
 
     cols: dict[str, list[Any]] = {k: [] for k in ("path", "label", "key", "width", "height", "image", "skip_reason")}
     for path, label in zip(batch.column("path").to_pylist(), batch.column("label").to_pylist()):
         try:
-            im = decode_image(read_bytes(path), path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+            im = decode_image(read_bytes(path), path, max_pixels=max_pixels)
             row = (image_key(im), im.width, im.height, im.tobytes(), None)
         except BadImageError as e:
             row = (None, 0, 0, b"", str(e))
