@@ -63,6 +63,7 @@ SLOW_TESTS = {
     "test_kill_and_resume_gives_identical_results",
     "test_changed_settings_are_refused",
     "test_report_renders_in_headless_chromium",
+    "test_sigterm_on_the_ray_driver_is_an_interrupt",
 }
 
 

@@ -324,3 +324,32 @@ def test_label_on_ray_matches_local(ray_instance, tmp_path, capsys):
     assert len(rows) == 6 and {r["label"] for r in rows} == {None}
     assert {r["path"]: (r["pred_label"], r["topk_labels"]) for r in rows} == local
     assert json.loads((tmp_path / "ray" / "_summary.json").read_text())["run"] == summary["run"]
+
+
+def test_sigterm_on_the_ray_driver_is_an_interrupt(listing, tmp_path):
+    """SIGTERM to `absclip eval --engine ray` ends like Ctrl-C: exit 130, one sentence, no native stack dump."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "results.json"
+    args = [*eval_args(listing, out, "--engine", "ray", "--actors", "1", "--cpus-per-actor", "0.5")]
+    proc = subprocess.Popen([sys.executable, "-m", "absclip", *args], stderr=subprocess.PIPE, text=True)
+    err = []
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # the plan line is printed once Ray is up, before the pipeline starts
+        line = proc.stderr.readline()
+        if not line:
+            break
+        err.append(line)
+        if line.startswith("absclip: ray:"):
+            break
+    assert any(line.startswith("absclip: ray:") for line in err), "".join(err)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=120)
+    text = "".join(err) + rest
+    assert proc.returncode == 130, text
+    assert "interrupted; finished predictions are saved" in text
+    assert "SIGTERM received" not in text and "Aborted" not in text

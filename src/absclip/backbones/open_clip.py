@@ -26,7 +26,14 @@ import torch.nn.functional as F
 
 from absclip.backbones.base import Backbone, BackboneFacts, LoaderRow, LoadRequest, attention_probs
 from absclip.backbones.fused_vit import FusedViT, fused_vit
-from absclip.backbones.hub import download_hint, file_digest, is_network_error, quiet_root_logging, safe_load_state_dict
+from absclip.backbones.hub import (
+    dir_digest,
+    download_hint,
+    file_digest,
+    is_network_error,
+    quiet_root_logging,
+    safe_load_state_dict,
+)
 from absclip.errors import AbsclipError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -254,8 +261,8 @@ def is_open_clip_config(request: LoadRequest) -> bool:
 
 
 def is_openai_file(request: LoadRequest) -> bool:
-    """Registry predicate: a checkpoint file given as the model, without ``pretrained`` (OpenAI format)."""
-    return request.pretrained is None and os.path.isfile(request.model)
+    """Registry predicate: a checkpoint file given as the model (OpenAI format; it carries its own weights)."""
+    return os.path.isfile(request.model) and not request.model.endswith(".json")
 
 
 def is_open_clip_hub(request: LoadRequest) -> bool:
@@ -280,8 +287,19 @@ def load_open_clip_config(request: LoadRequest) -> ClipBackbone:
     return load_open_clip(request, name=Path(path).stem, identity_suffix=f"|cfg:{file_digest(path)}")
 
 
+#: ``pretrained`` values that agree with an OpenAI file given as the model (``openai`` is the CLI's default tag)
+OPENAI_FILE_TAGS = (None, "openai")
+
+
 def load_openai_file(request: LoadRequest) -> ClipBackbone:
-    """Load an OpenAI-format checkpoint file (TorchScript archive or state dict) given as the model."""
+    """Load an OpenAI-format checkpoint file (TorchScript archive or state dict) given as the model.
+
+    The file carries its own weights: ``pretrained`` must be None or ``openai`` (what they are).
+    """
+    if request.pretrained not in OPENAI_FILE_TAGS:
+        raise AbsclipError(f"{request.model} is a checkpoint file and carries its own weights; leave out "
+                           f"`pretrained` ({request.pretrained!r}), or give an open_clip `model` name or config "
+                           "with the checkpoint as `pretrained`.")
     return _load_openai_file(request.model, request.device, request.dtype)
 
 
@@ -331,6 +349,8 @@ def load_open_clip(request: LoadRequest, *, name: str | None = None, identity_su
         d = name.split(":", 1)[1]
         if not os.path.isdir(d):
             raise AbsclipError(f"Model directory {d} does not exist.")
+        # the folder holds its own weights (open_clip ignores the tag): key caches by their content
+        pretrained, identity_weights = None, f"dir:{dir_digest(d)}{identity_suffix}"
 
     try:
         with quiet_root_logging():
@@ -432,7 +452,9 @@ def _load_openai_file(path: str, dev: torch.device, dtype: torch.dtype) -> ClipB
             "together with `pretrained` FILE."
         )
     try:
-        clip = build_model_from_openai_state_dict(sd).float().eval()
+        # cast_dtype=None: plain LayerNorms, so that the model runs in any precision after .to(dtype)
+        # (open_clip's default fp16 cast keeps fp32 LayerNorms, which a bf16/fp16 CPU run rejects)
+        clip = build_model_from_openai_state_dict(sd, cast_dtype=None).float().eval()
     except Exception as e:
         raise AbsclipError(f"Could not build a CLIP model from {path}: {str(e).splitlines()[0]}") from e
     size = clip.visual.image_size

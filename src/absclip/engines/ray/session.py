@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -53,10 +54,30 @@ def _unwrapped(fn: Callable[[], Any]) -> Any:
         raise
 
 
+def _wait_for_executors(timeout: float = 30.0) -> None:
+    """Let Ray Data's executor threads of an interrupted run finish before Ray shuts down.
+
+    An executor thread that touches Ray after ``ray.shutdown()`` makes Ray end the whole process
+    with exit code 1, which would hide the interrupt (exit 130) the user asked for.
+    """
+    import threading
+
+    deadline = time.monotonic() + timeout
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and t.name.startswith("StreamingExecutor"):
+            t.join(max(0.0, deadline - time.monotonic()))
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None = None) -> Iterator[tuple[Any, bool]]:
     """Yield ``(ray, started)``: Ray connected to a cluster — the one already connected, ``address``
-    (``auto``, ``ray://HOST:PORT``), ``$RAY_ADDRESS``, or a new local instance (``started``, shut down on exit)."""
+    (``auto``, ``ray://HOST:PORT``), ``$RAY_ADDRESS``, or a new local instance (``started``, shut down on exit).
+
+    SIGTERM is turned into KeyboardInterrupt for the session, as in the local engine: ``ray.init`` installs
+    a native handler that dumps a stack trace and aborts the driver, so ours is installed after it.
+    """
+    from absclip.engines.local import sigterm_as_interrupt
+
     ray = import_ray()
     started = False
     if not ray.is_initialized():
@@ -70,7 +91,9 @@ def ray_session(address: str | None = None) -> Iterator[tuple[Any, bool]]:
                                "start one with 'ray start --head' or leave out `address`.") from e
         started = True
     try:
-        yield ray, started
+        with sigterm_as_interrupt():
+            yield ray, started
     finally:
         if started:
+            _wait_for_executors()
             ray.shutdown()
