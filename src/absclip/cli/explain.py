@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from absclip.io.files import json_text
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -19,7 +20,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                  classes_shown=args.show_classes, descriptions_shown=args.show_descriptions)
     drawn = ex.save(args.out, dpi=args.dpi)
     if args.json:
-        print(json.dumps({**ex.summary(), "out": args.out, "size": list(drawn.size)}, indent=2))
+        print(json_text({**ex.summary(), "out": args.out, "size": list(drawn.size)}, indent=2))
     else:
         print(f"{ex.source}  (abs; map: {ex.map_kind})")
         for c in ex.top:
