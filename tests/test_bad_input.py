@@ -212,15 +212,15 @@ def test_description_file_errors(tmp_path):
         match_bank(classes, {"cat": ["a cat"]})
 
 
-def test_extra_keys_and_duplicates_are_warnings(caplog):
+def test_extra_keys_are_logged(caplog):
     import logging
 
     caplog.set_level(logging.INFO)
     out = match_bank(ClassList.from_names(["Cat", "dog_breed"]), {"cat": ["c"], "dog breed": ["d"], "fish": ["f"]})
     assert out == [["c"], ["d"]]
     assert "1 descriptions entries match no class" in caplog.text
-    ClassList.from_names(["cat", "cat"])
-    assert "Duplicate class names" in caplog.text
+    with pytest.raises(AbsclipError, match="Duplicate class names: 'cat' \\(2x\\)"):
+        ClassList.from_names(["cat", "cat"])
 
 
 def test_class_list_errors(tmp_path):

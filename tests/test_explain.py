@@ -246,3 +246,52 @@ def test_cli_explain(tmp_path, capsys):
 def test_cli_explain_bad_map(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["explain", str(PHOTO), "--classes", "cat", "--map", "nope", "--out", str(tmp_path / "x.png")])
+
+
+# -- 1 to 1000 classes: distinct labels, scores and panel letters ------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 3, 1000])
+def test_picture_reads_for_1_to_1000_classes(backbone, dino, tmp_path, n):
+    from absclip.diagnostics.explain import MAX_BARS, format_distinct, shorten_distinct
+    from absclip.text.classes import load_classes
+
+    imagenet = load_classes(classes_file=DATA / "imagenet-meta" / "imagenet_classes.tsv")
+    classes = imagenet if n == 1000 else CLASSES[:n]
+    c = Classifier(backbone, attention_model=dino, abs_config=SMALL, use_cache=False).set_classes(classes)
+    # long descriptions that differ only at the end: shortened, they must stay apart
+    ex = explain(c, PHOTO, top=min(n, 1000))
+    for cl in ex.top[:3]:
+        cl.descriptions = [("a photo of something that has a very long description which only differs at " + e, s)
+                           for e, s in (("the very end: red", 0.5), ("the very end: blue", 0.3),
+                                        ("the very end: green", 0.2))]
+    drawn = ex.save(tmp_path / f"explain{n}.png")
+    letters = [t.split(" ", 1)[0] for t in drawn.titles]
+    assert letters == ["(a)", "(b)", "(c)", "(d)", "(e)"]
+    shown = min(n, MAX_BARS)
+    assert len(drawn.class_labels) == shown == len(set(drawn.class_labels))
+    assert drawn.class_labels == shorten_distinct([cl.label for cl in ex.top[:shown]], 28)
+    assert len(drawn.score_labels) == shown
+    scores = [cl.score for cl in ex.top[:shown]]
+    for i in range(shown - 1):
+        if scores[i] != scores[i + 1]:
+            assert drawn.score_labels[i] != drawn.score_labels[i + 1], drawn.score_labels
+    if n == 1000:
+        assert f"+ {1000 - MAX_BARS} more not shown" in drawn.titles[3]
+        assert len(set(imagenet.labels)) == 1000
+    assert len(drawn.description_labels) == 3 * min(n, 3)
+    assert len(set(drawn.description_labels)) == 3
+    assert all(s.endswith("%") and s != "0%" for s in drawn.share_labels)
+    assert format_distinct([0.0010123, 0.0010119, 0.001], percent=True) == ["0.10123%", "0.10119%", "0.10000%"]
+
+
+def test_explain_text_output_ranks_1000_classes(capsys, tmp_path):
+    from .test_cli import MODEL
+    from .test_cli import SMALL as SMALL_ARGS
+
+    assert main(["explain", str(PHOTO), "--classes-file", str(DATA / "imagenet-meta" / "imagenet_classes.tsv"),
+                 "--top", "5", "--out", str(tmp_path / "e.png"), *MODEL, *SMALL_ARGS]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "top 5 of 1000 classes" in lines[0]
+    scores = [ln.split()[0] for ln in lines[1:] if ln.startswith("  ") and not ln.startswith("          ")]
+    assert len(scores) == 5 and len(set(scores)) == 5, scores

@@ -234,7 +234,8 @@ def test_ray_eval_report(ray_instance, listing, reference, tmp_path, capsys):
         m, met = r["absclip"]["method"], r["metrics"]
         row = re.search(rf"<tr data-method='{m}'[^>]*>(.*?)</tr>", text, re.S)
         cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))
-        pct = ["n/a" if v != v else f"{100 * v:.2f}" for v in (met["acc1"], met["acc5"], met["mean_per_class_recall"])]
+        pct = ["n/a" if v is None or v != v else f"{100 * v:.2f}"
+               for v in (met["acc1"], met["acc5"], met["mean_per_class_recall"])]
         assert cells[:4] == [m, *pct] and f"data-acc1='{met['acc1']}'" in row.group(0)
     wrong = sum(1 for x in data.records["abs"] if x["pred"] != x["label"])
     assert text.count("<div class='card'>") == min(wrong, 2)

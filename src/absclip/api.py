@@ -155,10 +155,10 @@ class Classifier:
 
     @property
     def classes(self) -> list[str]:
-        """The canonical class names in label order."""
+        """The class labels in label order: canonical names, those shared told apart (``ClassList.labels``)."""
         if self.inputs is None:
             raise AbsclipError("No classes set: call set_classes(...) first.")
-        return list(self.inputs.classes.names)
+        return list(self.inputs.classes.labels)
 
     def method(self, name: str) -> Method:
         """Return the prepared method ``name`` (text side encoded once and kept)."""

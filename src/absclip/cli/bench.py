@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
+
+from absclip.io.files import json_text
 
 EPILOG = """\
 examples:
@@ -55,7 +56,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = run_benchmark(settings)
     print(format_report(report))
     if args.json:
-        print(json.dumps(report, default=str))
+        print(json_text(report, default=str))
     return 0
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 
 from absclip.cli.options import build_classifier, expand_images, set_classes
+from absclip.io.files import json_text
 
 log = logging.getLogger("absclip")
 
@@ -27,7 +27,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         out = [{"image": it.source, "method": args.method,
                 "predictions": [{"label": r["label"], "score": r["score"]} for r in rows]}
                for it, rows in zip(items, ranked)]
-        print(json.dumps(out, indent=2))
+        print(json_text(out, indent=2))
     else:
         for it, rows in zip(items, ranked):
             print(f"{it.source}  ({args.method})")

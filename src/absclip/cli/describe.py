@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from absclip.errors import AbsclipError
+from absclip.io.files import json_text
 
 EPILOG_DESCRIBE = """\
 examples:
@@ -157,7 +157,7 @@ def cmd_descriptions_list(args: argparse.Namespace) -> int:
                      "file": s.local_path, "repo": s.source.repo, "commit": s.source.commit, "url": s.url,
                      "sha256": s.sha256})
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json_text(rows, indent=2))
         return 0
     for r in rows:
         print(f"{r['name']:<26} {r['kind']:<13} {r['status']:<15} {r['repo']}@{r['commit'][:7]}")

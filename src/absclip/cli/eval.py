@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -11,6 +10,7 @@ from typing import Any
 
 from absclip.cli.engine import _announce, ray_options, recipe
 from absclip.cli.options import build_classifier
+from absclip.io.files import json_text
 
 log = logging.getLogger("absclip")
 
@@ -54,13 +54,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def print_eval_results(doc: dict[str, Any], args: argparse.Namespace) -> int:
     """Print an eval results document (JSON, or a metrics table with the files written); return 0."""
     if args.json:
-        print(json.dumps(doc, indent=2, default=str))
+        print(json_text(doc, indent=2, default=str))
     else:
         print(f"{'method':<10} {'acc1':>8} {'acc5':>8} {'mpcr':>8}   ({doc['evaluated']} images, "
               f"{len(doc['skipped'])} skipped, {doc['timing']['seconds']:.1f} s)")
         for r in doc["results"]:
             m = r["metrics"]
-            fmt = [("   nan" if isinstance(v, float) and math.isnan(v) else f"{v:8.4f}")
+            fmt = [("n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:8.4f}")
                    for v in (m["acc1"], m["acc5"], m["mean_per_class_recall"])]
             print(f"{r['absclip']['method']:<10} {fmt[0]:>8} {fmt[1]:>8} {fmt[2]:>8}")
         print(f"results: {', '.join(doc.get('files', [args.output]))}; predictions: {doc['predictions']}")
@@ -84,5 +84,6 @@ def eval_on_ray(args: argparse.Namespace, classes: Any, methods: list[str]) -> d
     t = doc["timing"]
     _announce(f"ray: {doc['evaluated']} images evaluated ({len(doc['skipped'])} skipped) in "
               f"{doc['config']['seconds_total']:.1f} s; pipeline {t['seconds']:.1f} s"
-              + (f", {t['images_per_s']:.2f} images/s" if t["images_per_s"] else " (nothing left to do)"))
+              + (f", {t['images_per_s']:.2f} images/s" if t.get("images_per_s") and t.get("images_this_run", 1)
+                 else " (nothing left to do)"))
     return doc

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from absclip.io.files import json_text
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """absclip explain: write the explanation PNG of one image and print its top classes."""
     from absclip.cli.options import build_classifier, set_classes
-    from absclip.diagnostics.explain import explain
+    from absclip.diagnostics.explain import explain, format_distinct
     from absclip.io.images import make_item
 
     item = make_item(args.image, max_pixels=args.max_pixels)
@@ -19,13 +20,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
                  classes_shown=args.show_classes, descriptions_shown=args.show_descriptions)
     drawn = ex.save(args.out, dpi=args.dpi)
     if args.json:
-        print(json.dumps({**ex.summary(), "out": args.out, "size": list(drawn.size)}, indent=2))
+        print(json_text({**ex.summary(), "out": args.out, "size": list(drawn.size)}, indent=2))
     else:
-        print(f"{ex.source}  (abs; map: {ex.map_kind})")
-        for c in ex.top:
-            print(f"  {c.score:.4f}  {c.label}")
-            for text, share in c.descriptions:
-                print(f"          {share:6.1%}  {text}")
+        print(f"{ex.source}  (abs; map: {ex.map_kind}; top {len(ex.top)} of {ex.num_classes} classes)")
+        scores = format_distinct([c.score for c in ex.top], decimals=4)  # enough digits to rank them
+        for c, score in zip(ex.top, scores):
+            print(f"  {score}  {c.label}")
+            for text, share in zip((t for t, _ in c.descriptions),
+                                   format_distinct([s for _, s in c.descriptions], percent=True)):
+                print(f"          {share:>6}  {text}")
         print(f"picture: {args.out} ({drawn.size[0]}x{drawn.size[1]})")
     return 0
 
@@ -39,8 +42,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "explain", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
         help="picture of what ABS looked at for one image",
         description="Classify one image with ABS and draw why: (a) the attention map as a heat map, (b) the pixel "
-                    "crops and feature-crop windows used for the prediction, (c) the top class scores, (d) the "
-                    "descriptions that received the most soft-matching mass.",
+                    "crops and (c) the feature-crop windows used for the prediction, (d) the top class scores (at "
+                    "most 10 bars), (e) the descriptions that received the most soft-matching mass.",
         epilog="example:\n  absclip explain cat.jpg --classes cat,dog,car --descriptions cupl.json --out explain.png\n"
                "  absclip explain cat.jpg --classes cat,dog --map text --map-class dog --out dog-map.png\n\n"
                + EPILOG_MODELS,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from absclip.cli.engine import _announce, add_engine_options, ray_options, recipe
+from absclip.io.files import json_text
 
 
 def cmd_label(args: argparse.Namespace) -> int:
@@ -38,7 +38,7 @@ def cmd_label(args: argparse.Namespace) -> int:
                                overwrite=args.overwrite, progress=not args.no_progress, max_pixels=args.max_pixels,
                                extra_config=extra)
     if args.json:
-        print(json.dumps(summary, indent=2, default=str))
+        print(json_text(summary, indent=2, default=str))
     else:
         t = summary["timing"]
         rate = f", {t['images_per_s']:.2f} images/s" if t.get("images_per_s") else ""

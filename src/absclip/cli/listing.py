@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import re
 from typing import Any
+
+from absclip.io.files import json_text
 
 log = logging.getLogger("absclip")
 
@@ -21,7 +22,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     names = [n for n in open_clip.list_models() if fnmatch.fnmatch(n.lower(), (args.pattern or "*").lower())]
     rows = [{"model": n, "pretrained": open_clip.list_pretrained_tags_by_model(n)} for n in names]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json_text(rows, indent=2))
     else:
         for r in rows:
             print(f"{r['model']:<40} {', '.join(r['pretrained'])}")
@@ -63,7 +64,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     """absclip methods: the registered methods, their settings and options."""
     rows = method_rows()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json_text(rows, indent=2))
         return 0
     width = max(len(r["method"]) for r in rows)
     for r in rows:

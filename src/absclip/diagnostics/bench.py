@@ -136,7 +136,7 @@ def random_dino_vitb16(device: torch.device) -> HFAttention:
         del model
         with open(os.path.join(d, "preprocessor_config.json"), "w", encoding="utf-8") as f:
             json.dump({"do_resize": True, "size": 224, "resample": 2, "do_normalize": True,
-                       "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}, f)
+                       "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}, f, allow_nan=False)
         src = HFAttention(d, device=device)
     src.name = "random DINO ViT-B/16"
     src.identity = "random-dino-vitb16"

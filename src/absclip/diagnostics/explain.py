@@ -56,6 +56,7 @@ OKABE_ITO = {
 CLASS_COLOURS = ("blue", "orange", "green", "purple", "vermillion", "sky")
 HEATMAP_CMAP = "viridis"  # perceptually uniform, readable with colour-vision deficiency and in grey
 FIGSIZE = (16.0, 10.0)  # inches; times ``dpi`` gives the PNG size
+MAX_BARS = 10  # class bars drawn in the score panel; the rest are counted in its title
 
 
 @dataclass
@@ -86,12 +87,20 @@ class Drawn:
         boxes: pixel-crop boxes drawn, half-open ``(x0, y0, x1, y1)`` in original pixels.
         windows: feature windows drawn, half-open ``(row0, row1, col0, col1)`` on the CLIP grid.
         overlay_box: where panel (a)'s image lies in the PNG, half-open ``(x0, y0, x1, y1)`` pixels.
+        titles: the panel titles, in order (each starts with its unique letter).
+        class_labels / score_labels: the score panel's class tick labels and bar values, best first.
+        description_labels / share_labels: the description panel's tick labels and bar values, top row first.
     """
 
     size: tuple[int, int]
     boxes: list[views.Box]
     windows: list[views.Window]
     overlay_box: tuple[int, int, int, int]
+    titles: list[str] = field(default_factory=list)
+    class_labels: list[str] = field(default_factory=list)
+    score_labels: list[str] = field(default_factory=list)
+    description_labels: list[str] = field(default_factory=list)
+    share_labels: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -109,6 +118,7 @@ class Explanation:
             input covers (its centre crop).
         top: the top classes with their description evidence.
         settings: ABS settings and seed (provenance for the caption).
+        num_classes: how many classes the image was scored against (0: unknown).
     """
 
     image: Image.Image
@@ -126,6 +136,7 @@ class Explanation:
     clip_region: views.Box
     top: list[ClassEvidence]
     settings: dict[str, Any]
+    num_classes: int = 0
 
     def figure(self, *, dpi: int = 100) -> tuple[Figure, Drawn]:
         """Return the explanation figure and what was drawn on it (see :func:`render`)."""
@@ -154,6 +165,7 @@ class Explanation:
             "attention": self.attention_label,
             "pixel_crops": len(self.boxes),
             "feature_crops": len(self.windows),
+            "classes": self.num_classes,
             "top": [{"label": c.label, "score": c.score, "mass": c.mass,
                      "descriptions": [{"text": t, "share": s} for t, s in c.descriptions]} for c in self.top],
         }
@@ -296,6 +308,7 @@ def explain(
         centres=centres, clip_grid=tuple(bb.facts.grid), clip_region=clip_region, top=evidence,
         settings={"pixel_crops": cfg.pixel_crops, "feature_crops": cfg.feature_crops, "top_k": cfg.top_k,
                   "seed": clf.seed},
+        num_classes=len(clf.classes),
     )
 
 
@@ -350,12 +363,63 @@ def _short(text: str, width: int) -> str:
     return textwrap.shorten(" ".join(text.split()), width=width, placeholder="…")
 
 
+def format_distinct(
+    values: list[float], *, percent: bool = False, decimals: int = 1, max_decimals: int = 10
+) -> list[str]:
+    """Return ``values`` formatted with as few decimals as tell them apart (at least ``decimals``).
+
+    Decimals are added until values that differ get different strings and no non-zero value reads
+    as zero, so that a ranking of 1000 classes with scores near 0.1% still reads as a ranking
+    (``0.1012%``, ``0.1009%`` rather than ``0.1%`` twice). ``percent``: formatted as ``%``.
+    """
+    scaled = [100.0 * v if percent else float(v) for v in values]
+    suffix = "%" if percent else ""
+    for d in range(decimals, max_decimals + 1):
+        out = [f"{v:.{d}f}" for v in scaled]
+        seen: dict[str, set[float]] = {}
+        for v, s in zip(scaled, out):
+            seen.setdefault(s, set()).add(v)
+        if all(len(vs) == 1 for vs in seen.values()) and not any(v != 0 and float(s) == 0 for v, s in zip(scaled, out)):
+            break
+    return [s + suffix for s in out]
+
+
+def shorten_distinct(texts: list[str], width: int) -> list[str]:
+    """Return ``texts`` shortened to about ``width`` characters, distinct where the texts are.
+
+    A text is shortened at its end; texts that would then read alike are shortened in the middle
+    instead (keeping their distinct endings), and any still alike get `` [2]``, `` [3]`` ….
+    """
+    clean = [" ".join(t.split()) for t in texts]
+    out = [_short(t, width) for t in clean]
+
+    def clashes(xs: list[str]) -> set[int]:
+        seen: dict[str, set[str]] = {}
+        for x, t in zip(xs, clean):
+            seen.setdefault(x, set()).add(t)
+        return {i for i, x in enumerate(xs) if len(seen[x]) > 1}
+
+    for i in clashes(out):
+        t = clean[i]
+        if len(t) > width:
+            tail = max(8, (width - 1) // 2)
+            out[i] = t[: width - 1 - tail].rstrip() + "…" + t[-tail:].lstrip()
+    count: dict[str, int] = {}
+    for i in sorted(clashes(out)):
+        count[out[i]] = count.get(out[i], 0) + 1
+        if count[out[i]] > 1:
+            out[i] = f"{out[i]} [{count[out[i]]}]"
+    return out
+
+
 def render(expl: Explanation, *, dpi: int = 100) -> tuple[Figure, Drawn]:
     """Return the explanation figure (matplotlib, Agg canvas) and what was drawn on it.
 
     Panels: (a) the map as a heat-map overlay; (b) the pixel-crop boxes and their centres on the
-    image, and the feature-crop windows on the CLIP token grid; (c) the top class scores;
-    (d) the descriptions with the most soft-matching mass for the top classes.
+    image; (c) the feature-crop windows on the CLIP token grid; (d) the top class scores (at most
+    :data:`MAX_BARS` bars; the title counts the classes not shown), with as many decimals as tell
+    the shown scores apart; (e) the descriptions with the most soft-matching mass for the top
+    classes. Shortened class names and descriptions stay distinct (:func:`shorten_distinct`).
     """
     _require_matplotlib()
     from matplotlib import colormaps
@@ -377,7 +441,9 @@ def render(expl: Explanation, *, dpi: int = 100) -> tuple[Figure, Drawn]:
 
     best = expl.top[0] if expl.top else None
     name = Path(expl.source).name if expl.source and not expl.source.startswith("<") else "image"
-    head = f"{name}: ABS predicts '{best.label}' ({best.score:.1%})" if best else name
+    shown = expl.top[:MAX_BARS]
+    score_text = format_distinct([c.score for c in shown], percent=True)
+    head = f"{name}: ABS predicts '{best.label}' ({score_text[0]})" if best else name
     fig.suptitle(f"{head}\nmodel {expl.model} · attention: {expl.attention_label} · "
                  f"{expl.settings.get('pixel_crops')} pixel + {expl.settings.get('feature_crops')} feature crops · "
                  f"seed {expl.settings.get('seed')}", fontsize=12)
@@ -430,42 +496,52 @@ def render(expl: Explanation, *, dpi: int = 100) -> tuple[Figure, Drawn]:
                                  alpha=win_alpha, gid="feature-window"))
     ax_g.set_xlim(0, gw)
     ax_g.set_ylim(gh, 0)
-    ax_g.set_title(f"(b) {len(expl.windows)} feature-crop windows\non the {gh}×{gw} CLIP token grid", fontsize=10)
+    ax_g.set_title(f"(c) {len(expl.windows)} feature-crop windows\non the {gh}×{gw} CLIP token grid", fontsize=10)
     ax_g.set_xlabel("token column")
     ax_g.set_ylabel("token row")
 
-    # (c) top-k scores
-    labels = [_short(c.label, 28) for c in expl.top][::-1]
-    scores = [c.score for c in expl.top][::-1]
+    # (d) top-k scores: at most MAX_BARS bars, values with enough decimals to rank them
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    labels = shorten_distinct([c.label for c in shown], 28)[::-1]
+    scores = [c.score for c in shown][::-1]
     colours = [OKABE_ITO["sky"]] * (len(scores) - 1) + [OKABE_ITO["blue"]] if scores else []
     ax_c.barh(range(len(scores)), scores, color=colours)
     ax_c.set_yticks(range(len(scores)), labels)
-    for i, s in enumerate(scores):
-        ax_c.text(s, i, f" {s:.1%}", va="center", fontsize=9)
-    ax_c.set_xlim(0, max(scores + [1e-6]) * 1.25)
+    for i, s in enumerate(score_text[::-1]):
+        ax_c.text(scores[i], i, f" {s}", va="center", fontsize=9, gid="score")
+    ax_c.set_xlim(0, max(scores + [1e-6]) * 1.35)
+    ax_c.xaxis.set_major_locator(MaxNLocator(nbins=4))
+    ax_c.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     ax_c.set_xlabel("probability (ABS score)")
     ax_c.set_ylabel("class")
-    ax_c.set_title(f"(c) top-{len(scores)} class scores", fontsize=10)
+    total = max(expl.num_classes, len(expl.top))
+    more = f" (+ {total - len(shown)} more not shown)" if total > len(shown) else ""
+    ax_c.set_title(f"(d) top-{len(scores)} of {total} class scores{more}", fontsize=10)
 
-    # (d) description evidence
+    # (e) description evidence
     rows, row_colours, handles = [], [], []
-    for k, c in enumerate(cl for cl in expl.top if cl.descriptions):
+    with_desc = [cl for cl in expl.top if cl.descriptions]
+    class_names = shorten_distinct([c.label for c in with_desc], 30)
+    texts = shorten_distinct([t for c in with_desc for t, _ in c.descriptions], 70)
+    for k, c in enumerate(with_desc):
         colour = OKABE_ITO[CLASS_COLOURS[k % len(CLASS_COLOURS)]]
-        handles.append(Patch(color=colour, label=f"{_short(c.label, 30)} ({c.mass:.0%} of all matching mass)"))
-        for text, share in c.descriptions:
-            rows.append((_short(text, 70), share))
+        handles.append(Patch(color=colour, label=f"{class_names[k]} ({c.mass:.0%} of all matching mass)"))
+        for _, share in c.descriptions:
+            rows.append((texts[len(rows)], share))
             row_colours.append(colour)
+    share_text = format_distinct([s for _, s in rows], percent=True, decimals=0)[::-1]
     rows, row_colours = rows[::-1], row_colours[::-1]
     ax_d.barh(range(len(rows)), [s for _, s in rows], color=row_colours)
     ax_d.set_yticks(range(len(rows)), [t for t, _ in rows], fontsize=8)
     for i, (_, s) in enumerate(rows):
-        ax_d.text(s, i, f" {s:.0%}", va="center", fontsize=8)
-    ax_d.set_xlim(0, 1.08)
+        ax_d.text(s, i, f" {share_text[i]}", va="center", fontsize=8, gid="share")
+    ax_d.set_xlim(0, 1.12)
     ax_d.set_xlabel("share of the class's soft-matching mass")
     ax_d.set_ylabel("description")
     if handles:
         ax_d.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.85)
-    ax_d.set_title("(d) descriptions that received the most soft-matching mass", fontsize=10)
+    ax_d.set_title("(e) descriptions that received the most soft-matching mass", fontsize=10)
 
     fig.canvas.draw()
     drawn = Drawn(
@@ -473,6 +549,11 @@ def render(expl: Explanation, *, dpi: int = 100) -> tuple[Figure, Drawn]:
         boxes=[_box_of(p) for p in ax_b.patches if p.get_gid() == "pixel-crop"],
         windows=[_window_of(p) for p in ax_g.patches if p.get_gid() == "feature-window"],
         overlay_box=_png_box(ax_a, fig, w, h),
+        titles=[ax.get_title() for ax in (ax_a, ax_b, ax_g, ax_c, ax_d)],
+        class_labels=[t.get_text() for t in ax_c.get_yticklabels()][::-1],
+        score_labels=[t.get_text().strip() for t in ax_c.texts if t.get_gid() == "score"][::-1],
+        description_labels=[t.get_text() for t in ax_d.get_yticklabels()][::-1],
+        share_labels=[t.get_text().strip() for t in ax_d.texts if t.get_gid() == "share"][::-1],
     )
     return fig, drawn
 

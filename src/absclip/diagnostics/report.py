@@ -90,14 +90,17 @@ def load_report_data(
         results, config, run = list(doc["results"]), doc.get("config", {}), doc.get("run")
         pred_path = predictions or doc.get("predictions")
         info = {k: doc.get(k) for k in ("dataset", "model", "pretrained", "images", "evaluated", "absclip_version")}
-        info.update(skipped=len(doc.get("skipped", [])), run=run, seconds=(doc.get("timing") or {}).get("seconds"))
+        timing = doc.get("timing") or {}
+        info.update(skipped=len(doc.get("skipped", [])), run=run, seconds=timing.get("seconds"),
+                    parts=timing.get("parts"))
     elif "metrics" in doc and "absclip" in doc:
         extra = doc["absclip"]
         results, config, run = [doc], extra.get("config", {}), extra.get("run")
         pred_path = predictions or extra.get("predictions")
         info = {k: doc.get(k) for k in ("dataset", "model", "pretrained")}
         info.update(images=extra.get("images"), evaluated=extra.get("images"), skipped=len(extra.get("skipped", [])),
-                    run=run, seconds=extra.get("seconds_this_run"), absclip_version=extra.get("version"))
+                    run=run, seconds=(extra.get("timing") or {}).get("seconds", extra.get("seconds_this_run")),
+                    parts=(extra.get("timing") or {}).get("parts"), absclip_version=extra.get("version"))
     else:
         raise AbsclipError("Not an absclip results document (no 'results' or 'metrics').")
     classes = list(config.get("classes") or [])
@@ -176,9 +179,9 @@ def metrics_plot(data: ReportData) -> bytes:
     ax = fig.add_subplot()
     width = 0.8 / len(METRICS)
     for k, ((key, name), colour) in enumerate(zip(METRICS, colours)):
-        vals = [r["metrics"].get(key, math.nan) for r in data.results]
+        vals = [r["metrics"].get(key) for r in data.results]
         xs = [i + (k - (len(METRICS) - 1) / 2) * width for i in range(len(vals))]
-        ax.bar(xs, [0 if math.isnan(v) else 100 * v for v in vals], width, color=colour, label=name)
+        ax.bar(xs, [0 if v is None or math.isnan(v) else 100 * v for v in vals], width, color=colour, label=name)
     ax.set_xticks(range(len(data.methods)), data.methods)
     ax.set_ylim(0, 100)
     ax.set_xlabel("method")
@@ -295,7 +298,8 @@ def build_report(
     w(f"<p class='meta'>model <b>{_e(info.get('model'))}</b> ({_e(info.get('pretrained'))}) · "
       f"{_e(info.get('evaluated'))} of {_e(info.get('images'))} images evaluated, {_e(info.get('skipped'))} skipped · "
       f"{len(cls)} classes · run {_e(info.get('run'))} · absclip {_e(info.get('absclip_version'))}"
-      + (f" · {float(info['seconds']):.1f} s" if info.get("seconds") is not None else "") + "</p>")
+      + (f" · {float(info['seconds']):.1f} s" if info.get("seconds") is not None else "")
+      + (f" in {int(info['parts'])} resumed parts" if (info.get("parts") or 0) > 1 else "") + "</p>")
     w("<p class='meta'><a href='#metrics'>metrics</a> · <a href='#classes'>per-class accuracy</a> · "
       "<a href='#confusions'>most confused pairs</a> · <a href='#gallery'>misclassified images</a></p>")
 
@@ -309,7 +313,7 @@ def build_report(
           + "".join(f"<td>{_pct(met.get(k))}</td>" for k, _ in METRICS)
           + f"<td>{_e(r['absclip'].get('images'))}</td><td>{_e(r['absclip'].get('seconds_this_run'))}</td></tr>")
     w("</table>")
-    if any(math.isnan(r["metrics"].get("acc5", 0.0)) for r in data.results if r["metrics"].get("acc5") is not None):
+    if any(_pct(r["metrics"].get("acc5")) == "n/a" for r in data.results):
         w("<p class='note'>acc@5 is n/a with fewer than five classes.</p>")
     w(f"<img alt='metrics per method' src='{_png_data_uri(metrics_plot(data))}'>")
 

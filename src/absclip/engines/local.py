@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from absclip.api import Classifier
-from absclip.engines.results import default_predictions, results_document, run_id_for, tally, write_results
+from absclip.engines.results import (
+    default_predictions,
+    previous_run_parts,
+    results_document,
+    run_id_for,
+    run_timing,
+    tally,
+    write_results,
+)
 from absclip.errors import AbsclipError, BadImageError
 from absclip.io.files import atomic_write_json
 from absclip.io.images import DEFAULT_MAX_PIXELS, ImageItem, make_item
@@ -98,10 +106,12 @@ class LoopStats:
     Attributes:
         todo: images it had to predict (the others were done by an earlier run).
         method_seconds: per method, compute seconds of this pass.
+        attempt: this pass's id (the ``attempt`` of the records it wrote).
     """
 
     todo: int
     method_seconds: dict[str, float]
+    attempt: str = ""
 
 
 def predict_records(
@@ -183,7 +193,7 @@ def predict_records(
     finally:
         bar.close()
         writer.close()
-    return LoopStats(len(todo), method_seconds)
+    return LoopStats(len(todo), method_seconds, common["attempt"])
 
 
 def evaluate(
@@ -224,11 +234,15 @@ def evaluate(
     stats = predict_records(clf, samples, methods, writer, run_id=run_id, labelled=True, top=max(top, 5),
                             desc="eval", progress=progress, max_pixels=max_pixels)
     elapsed = time.perf_counter() - t0
-    per_method, skipped = tally(list(writer.done.values()), [s.path for s in samples], methods)
+    records, order = list(writer.done.values()), [s.path for s in samples]
+    per_method, skipped = tally(records, order, methods)
+    earlier = [out_path.replace("{method}", m) for m in methods] if "{method}" in out_path else [out_path]
+    timing = run_timing(records, order, attempt=stats.attempt, seconds=elapsed,
+                        previous=previous_run_parts(earlier, run_id))
     doc = results_document(
         spec, per_method, model=clf.backbone.name, pretrained=clf.backbone.pretrained, dataset=dataset,
         images=len(samples), skipped=skipped, predictions=str(pred_path), seconds=elapsed,
-        images_this_run=stats.todo, method_seconds=stats.method_seconds, extra_config=extra_config,
+        images_this_run=stats.todo, method_seconds=stats.method_seconds, extra_config=extra_config, timing=timing,
     )
     return write_results(doc, out_path)
 
@@ -268,12 +282,13 @@ def label_images(
     stats = predict_records(clf, [Sample(p, -1) for p in paths], methods, writer, run_id=run_id, labelled=False,
                             top=top, desc="label", progress=progress, max_pixels=max_pixels)
     elapsed = time.perf_counter() - t0
-    _, skipped = tally(list(writer.done.values()), paths, methods)
+    records = list(writer.done.values())
+    _, skipped = tally(records, paths, methods)
     summary = {
         "run": run_id, "engine": "local", "images": len(paths), "labelled": len(paths) - len(skipped),
         "skipped": skipped, "predictions": str(rows_path), "config": {**spec, **(extra_config or {})},
-        "timing": {"seconds": round(elapsed, 3),
-                   "images_per_s": round(stats.todo / elapsed, 4) if elapsed else None},
+        "timing": run_timing(records, paths, attempt=stats.attempt, seconds=elapsed,
+                             previous=previous_run_parts([out / SUMMARY], run_id)),
     }
     atomic_write_json(out / SUMMARY, summary)
     return summary

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -18,17 +17,20 @@ log = logging.getLogger(__name__)
 TASK = "zeroshot_classification"
 
 
-def compute_metrics(labels: Sequence[int], topk: Sequence[Sequence[int]], num_classes: int) -> dict[str, float]:
+def compute_metrics(
+    labels: Sequence[int], topk: Sequence[Sequence[int]], num_classes: int
+) -> dict[str, float | None]:
     """Return ``acc1``, ``acc5`` and ``mean_per_class_recall`` as fractions (CLIP_benchmark's definitions).
 
-    ``acc5`` is NaN with fewer than five classes; the per-class recall averages over the classes
-    that occur in ``labels``.
+    An undefined metric is ``None`` (``null`` in the JSON files, which are strict JSON): ``acc5``
+    with fewer than five classes, all three with no images. The per-class recall averages over
+    the classes that occur in ``labels``.
     """
     n = len(labels)
     if n == 0:
-        return {"acc1": math.nan, "acc5": math.nan, "mean_per_class_recall": math.nan}
+        return {"acc1": None, "acc5": None, "mean_per_class_recall": None}
     top1 = [t[0] == y for y, t in zip(labels, topk)]
-    acc5 = sum(y in t[:5] for y, t in zip(labels, topk)) / n if num_classes >= 5 else math.nan
+    acc5 = sum(y in t[:5] for y, t in zip(labels, topk)) / n if num_classes >= 5 else None
     per_class: dict[int, list[bool]] = {}
     for y, ok in zip(labels, top1):
         per_class.setdefault(y, []).append(ok)
@@ -61,6 +63,78 @@ def tally(
     return per_method, [{"file": i, "reason": skipped[i]} for i in ids if i in skipped]
 
 
+def run_timing(
+    records: Sequence[dict[str, Any]],
+    order: Sequence[str],
+    *,
+    attempt: str,
+    seconds: float,
+    previous: Sequence[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Return the ``timing`` of a run over all its parts, for the results document and ``_summary.json``.
+
+    A resumed run has several parts (invocations, the records' ``attempt``); ``timing.seconds``
+    and ``images_per_s`` cover the images of every part, ``parts`` counts them and ``run_parts``
+    lists ``{attempt, images, seconds}``. This part's seconds are measured (``seconds``); an
+    earlier part's come from ``previous`` (the ``run_parts`` of the document written before) or,
+    for a part that wrote no document (interrupted), from the sum of its records' compute
+    ``seconds``, marked ``"estimated": true``. A re-run with nothing left to do adds no part.
+
+    Args:
+        records: the run's records (one per image and method).
+        order: the data set's images; records of other images are ignored.
+        attempt / seconds: this invocation's id and wall seconds.
+        previous: ``timing.run_parts`` of the document this run replaces (same run id), if any.
+    """
+    ids = {sample_identity(p) for p in order}
+    images: dict[str, set[str]] = {}
+    compute: dict[str, float] = {}
+    for r in records:
+        i = record_key(r)[0]
+        if i in ids:
+            images.setdefault(r["attempt"], set()).add(i)
+            compute[r["attempt"]] = compute.get(r["attempt"], 0.0) + float(r.get("seconds") or 0.0)
+    known = {p.get("attempt"): p for p in previous or [] if isinstance(p, dict)
+             and isinstance(p.get("seconds"), (int, float))}
+    parts = []
+    for a in sorted(images, key=lambda a: (len(a), a)):  # hex time stamps: in start order
+        part: dict[str, Any] = {"attempt": a, "images": len(images[a])}
+        if a == attempt:
+            part["seconds"] = round(seconds, 3)
+        elif a in known:
+            part["seconds"] = float(known[a]["seconds"])
+            if known[a].get("estimated"):
+                part["estimated"] = True
+        else:
+            part.update(seconds=round(compute[a], 3), estimated=True)
+        parts.append(part)
+    total = sum(p["seconds"] for p in parts)
+    return {"seconds": round(total, 3),
+            "images_per_s": round(sum(p["images"] for p in parts) / total, 4) if total else None,
+            "parts": len(parts), "run_parts": parts,
+            "seconds_this_run": round(seconds, 3), "images_this_run": len(images.get(attempt, ()))}
+
+
+def previous_run_parts(paths: Sequence[str | os.PathLike], run_id: str) -> list[dict[str, Any]]:
+    """Return ``timing.run_parts`` of the first readable results document or summary in ``paths`` of run ``run_id``.
+
+    Per-method results files keep the timing under ``absclip``. Anything unreadable gives ``[]``.
+    """
+    for p in paths:
+        try:
+            with open(p, encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(doc, dict):
+            continue
+        doc = doc["absclip"] if isinstance(doc.get("absclip"), dict) and "run" in doc["absclip"] else doc
+        if doc.get("run") == run_id and isinstance(doc.get("timing"), dict):
+            parts = doc["timing"].get("run_parts")
+            return list(parts) if isinstance(parts, list) else []
+    return []
+
+
 def results_document(
     spec: dict[str, Any],
     records: dict[str, Sequence[tuple[int, Sequence[int]]]],
@@ -75,8 +149,12 @@ def results_document(
     images_this_run: int,
     method_seconds: dict[str, float],
     extra_config: dict[str, Any] | None = None,
+    timing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Return the results document (CLIP_benchmark records per method) that both engines write.
+
+    The document is written as strict JSON: an undefined metric (``acc5`` with fewer than five
+    classes) is ``null``, never NaN.
 
     Args:
         spec: the run spec from :func:`run_spec`.
@@ -85,6 +163,7 @@ def results_document(
         images: images in the data set; ``skipped``: ``[{file, reason}]``.
         predictions: where the per-image predictions are.
         seconds / images_this_run / method_seconds: timing of this run.
+        timing: the timing over all parts of a resumed run (:func:`run_timing`); default: this run's.
     """
     from absclip._version import __version__
 
@@ -109,8 +188,8 @@ def results_document(
         "images": images, "evaluated": images - len(skipped), "skipped": skipped,
         "predictions": predictions,
         "config": {**spec, **(extra_config or {})},
-        "timing": {"seconds": round(seconds, 3),
-                   "images_per_s": round(images_this_run / seconds, 4) if seconds else None},
+        "timing": timing or {"seconds": round(seconds, 3),
+                             "images_per_s": round(images_this_run / seconds, 4) if seconds else None},
         "results": results,
     }
 
@@ -127,7 +206,8 @@ def write_results(doc: dict[str, Any], output: str | os.PathLike) -> dict[str, A
         for r in doc["results"]:
             f = out_path.replace("{method}", r["absclip"]["method"])
             atomic_write_json(f, {**r, "absclip": {**r["absclip"], "run": doc["run"], "skipped": doc["skipped"],
-                                                   "predictions": doc["predictions"], "config": doc["config"]}})
+                                                   "predictions": doc["predictions"], "config": doc["config"],
+                                                   "timing": doc["timing"]}})
             files.append(f)
         doc["files"] = files
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +55,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _finite(obj: Any) -> Any:
+    """Return ``obj`` with every NaN or infinite float replaced by ``None``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, **dump_kwargs: Any) -> str:
+    """Return ``obj`` as strict JSON (RFC 8259, what ``JSON.parse`` accepts): NaN and infinities become ``null``.
+
+    Every JSON file and JSON output absclip writes goes through here (``allow_nan=False``).
+    """
+    try:
+        return json.dumps(obj, allow_nan=False, **dump_kwargs)
+    except ValueError:  # a non-finite float somewhere: write it as null rather than as invalid JSON
+        return json.dumps(_finite(obj), allow_nan=False, **dump_kwargs)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, **dump_kwargs: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically; return the path."""
+    """Write ``obj`` as indented strict JSON (:func:`json_text`) to ``path`` atomically; return the path."""
     dump_kwargs.setdefault("indent", 2)
-    return atomic_write_text(path, json.dumps(obj, **dump_kwargs) + "\n")
+    return atomic_write_text(path, json_text(obj, **dump_kwargs) + "\n")

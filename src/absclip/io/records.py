@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from absclip.errors import AbsclipError
-from absclip.io.files import atomic_write_text
+from absclip.io.files import atomic_write_text, json_text
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class JsonlRecordWriter:
         _check_fields(rec, self.path)
         if rec["run"] != self.run_id:
             raise ValueError(f"record of run {rec['run']} written to a file of run {self.run_id}")
-        self._fh.write(json.dumps(rec) + "\n")
+        self._fh.write(json_text(rec) + "\n")
         self._fh.flush()
         self.done.setdefault(record_key(rec), rec)
 

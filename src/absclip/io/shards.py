@@ -81,13 +81,11 @@ class OutputDir:
 
     def write_json(self, name: str, obj: Any) -> None:
         """Write ``name`` in the folder (atomically for local folders)."""
-        import json
+        from absclip.io.files import atomic_write_json, json_text
 
         if not self.prefix:
-            from absclip.io.files import atomic_write_json
-
             atomic_write_json(os.path.join(self.root, name), obj)
             return
         self.fs.create_dir(self.root, recursive=True)
         with self.fs.open_output_stream(f"{self.root.rstrip('/')}/{name}") as f:
-            f.write((json.dumps(obj, indent=2) + "\n").encode())
+            f.write((json_text(obj, indent=2) + "\n").encode())

@@ -47,7 +47,8 @@ def template_bank(classes: ClassList, templates: Sequence[str]) -> list[list[str
 def match_bank(classes: ClassList, mapping: dict[str, list[str]], *, what: str = "descriptions") -> list[list[str]]:
     """Return per-class lists from a ``{class: [strings]}`` dict, matching names tolerantly.
 
-    Keys match a class's canonical name or one of its synonyms, ignoring case and ``_`` vs space.
+    Keys match a class's display label (:attr:`ClassList.labels`, e.g. ``missile (projectile)``),
+    canonical name or one of its synonyms, ignoring case and ``_`` vs space.
     When a key is already taken by an earlier class with the same name, a synonym's key is
     preferred. Unmatched classes raise an error listing them; extra keys are logged.
 
@@ -58,7 +59,8 @@ def match_bank(classes: ClassList, mapping: dict[str, list[str]], *, what: str =
     for k in mapping:
         by_norm.setdefault(normalise_name(k), []).append(k)
     cands: list[list[str]] = []
-    for group in classes.synonyms:
+    for label, group in zip(classes.labels, classes.synonyms):
+        group = (label, *group) if label != group[0] else group
         found = [s for s in group if s in mapping]  # exact keys first (keeps 'Cardigan' apart from 'cardigan')
         for s in group:
             found += by_norm.get(normalise_name(s), [])

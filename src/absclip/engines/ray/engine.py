@@ -41,7 +41,14 @@ def evaluate_ray(
     Returns the results document. ``predictions`` is the Parquet folder (default: next to
     ``output``, ``<name>.predictions``); other keyword arguments go to :func:`run_pipeline`.
     """
-    from absclip.engines.results import default_predictions, results_document, tally, write_results
+    from absclip.engines.results import (
+        default_predictions,
+        previous_run_parts,
+        results_document,
+        run_timing,
+        tally,
+        write_results,
+    )
 
     out_path = str(output)
     pred_dir = predictions or default_predictions(out_path, "")
@@ -53,12 +60,16 @@ def evaluate_ray(
     per_method, skipped = tally(rows, order, methods)
     mine = [r for r in rows if r["attempt"] == run.attempt]
     method_seconds = {m: sum(r["seconds"] for r in mine if r["method"] == m) for m in methods}
+    earlier = [out_path.replace("{method}", m) for m in methods] if "{method}" in out_path else [out_path]
+    timing = run_timing(rows, order, attempt=run.attempt, seconds=run.seconds,
+                        previous=previous_run_parts(earlier, run.run_id))
     doc = results_document(
         run.meta["spec"], per_method, model=run.meta["model"], pretrained=run.meta["pretrained"], dataset=dataset,
         images=len(order), skipped=skipped, predictions=pred_dir, seconds=run.seconds,
         images_this_run=len({r["path"] for r in mine}), method_seconds=method_seconds,
         extra_config={**(extra_config or {}), "engine": "ray", "ray": dataclasses.asdict(run.plan),
                       "seconds_total": round(time.perf_counter() - t0, 3)},
+        timing=timing,
     )
     return write_results(doc, out_path)
 
@@ -77,7 +88,7 @@ def label_ray(
 
     Returns the summary (the same keys as :func:`absclip.engines.local.label_images`).
     """
-    from absclip.engines.results import tally
+    from absclip.engines.results import previous_run_parts, run_timing, tally
     from absclip.io.records import SUMMARY
 
     t0 = time.perf_counter()
@@ -85,13 +96,12 @@ def label_ray(
     rows = _records(run)
     order = list(dict.fromkeys(run.paths))
     _, skipped = tally(rows, order, list(dict.fromkeys(methods)))
-    mine = {r["path"] for r in rows if r["attempt"] == run.attempt}
+    earlier = previous_run_parts([os.path.join(output, SUMMARY)], run.run_id)  # a local folder's; else estimated
     summary = {
         "run": run.run_id, "engine": "ray", "images": len(order), "labelled": len(order) - len(skipped),
         "skipped": skipped, "predictions": output,
         "config": {**run.meta["spec"], **(extra_config or {}), "ray": dataclasses.asdict(run.plan)},
-        "timing": {"seconds": round(run.seconds, 3),
-                   "images_per_s": round(len(mine) / run.seconds, 4) if run.seconds else None,
+        "timing": {**run_timing(rows, order, attempt=run.attempt, seconds=run.seconds, previous=earlier),
                    "seconds_total": round(time.perf_counter() - t0, 3)},
     }
     OutputDir(output).write_json(SUMMARY, summary)
