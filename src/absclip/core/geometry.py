@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,6 +21,27 @@ def topk_distribution(attention: torch.Tensor, k: int, temperature: float) -> tu
     return idx, torch.softmax(val / temperature, dim=-1)
 
 
+@dataclass(frozen=True)
+class ABSGeometry:
+    """Where ABS looks in one image, before any pixel is cropped or token encoded.
+
+    Attributes:
+        topk_idx: ``[k]`` attention-grid indices, descending attention (``torch.topk`` order).
+        topk_prob: ``[k]`` the sampling distribution ``softmax(a_topk / T)`` over them.
+        draws: the random draws used (positions in the top-k list, crop sizes).
+        boxes: pixel-crop boxes, half-open, in original pixels.
+        feat_centres: CLIP-grid indices of the feature-crop centres.
+        windows: feature windows, half-open ``(row0, row1, col0, col1)`` on the CLIP token grid.
+    """
+
+    topk_idx: torch.Tensor
+    topk_prob: torch.Tensor
+    draws: ABSDraws
+    boxes: list[views.Box]
+    feat_centres: list[int]
+    windows: list[views.Window]
+
+
 def abs_geometry(
     attention: torch.Tensor,
     draws: ABSDraws | None,
@@ -30,8 +52,8 @@ def abs_geometry(
     clip_grid: tuple[int, int],
     clip_input: int,
     rng: np.random.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, ABSDraws, list[views.Box], list[int], list[views.Window]]:
-    """Return ``(topk_idx, topk_prob, draws, boxes, feature_centres, windows)`` for one image.
+) -> ABSGeometry:
+    """Return the :class:`ABSGeometry` of one image: top-k distribution, draws, boxes, centres, windows.
 
     Pass ``draws`` to inject centres and sizes (as the golden fixture does); otherwise they are
     drawn from ``rng``.
@@ -52,7 +74,7 @@ def abs_geometry(
     else:
         feat_centres = [views.map_index_to_grid(int(i), ah, aw, gh, gw) for i in feat_src]
     windows = views.feature_windows(feat_centres, draws.feat_size, gh, gw) if gh else []
-    return idx, prob, draws, boxes, feat_centres, windows
+    return ABSGeometry(idx, prob, draws, boxes, feat_centres, windows)
 
 
 def feature_crop_tokens(tokens: torch.Tensor, windows: Sequence[views.Window], grid: tuple[int, int]) -> torch.Tensor:

@@ -74,9 +74,9 @@ def naive_abs_logits(
                     att = attention([item.image])[0]  # in the reference's loader worker
                 with timer("crop geometry + resize"):
                     injected, ref_idx = (draws or {}).get(item.key, (None, None))
-                    idx, _, _, boxes, _, windows = abs_geometry(
-                        att, injected, cfg, w, h, attention.grid, grid, bb.facts.image_size[0],
-                        image_rng(seed, item.key, "abs"))
+                    geo = abs_geometry(att, injected, cfg, w, h, attention.grid, grid, bb.facts.image_size[0],
+                                       image_rng(seed, item.key, "abs"))
+                    idx, boxes, windows = geo.topk_idx, geo.boxes, geo.windows
                     if ref_idx is not None and not torch.equal(idx, ref_idx):
                         mismatches += 1
                     pixels = [bb.preprocess(item.image)]

@@ -47,7 +47,7 @@ class ABSMethod(Method):
         """Return one image's crop draws from its attention map, exactly as :meth:`views` draws them."""
         w, h = size
         return abs_geometry(attention, None, self.settings, w, h, tuple(attn_grid), tuple(facts.grid),
-                            int(facts.image_size[0]), image_rng(seed, key, "abs"))[2]
+                            int(facts.image_size[0]), image_rng(seed, key, "abs")).draws
 
     def score(self, views: Sequence[ABSViews], timer: Any = None) -> torch.Tensor:
         """Return logits ``[B, C]`` of the views of a batch (soft matching, spec §5–§6)."""
@@ -166,11 +166,11 @@ def abs_views(
             geo.append(abs_geometry(att[b], injected, cfg, w, h, src.grid, bb.facts.grid, bb.facts.image_size[0],
                                     rng))
         # pixel crops: crop the original image, then the model's own preprocessing (resize, centre crop)
-        jobs = [(item, box) for item, g in zip(ctx.items, geo) for box in g[3]]
+        jobs = [(item, box) for item, g in zip(ctx.items, geo) for box in g.boxes]
         keep = None
         if cfg.token_keep < 1 and jobs:
             keep = torch.stack([token_keep_indices(att[b], box, item.size, src.grid, bb.facts.grid, cfg.token_keep)
-                                for b, (item, g) in enumerate(zip(ctx.items, geo)) for box in g[3]])
+                                for b, (item, g) in enumerate(zip(ctx.items, geo)) for box in g.boxes])
     pix_emb = ctx.encode_crop_jobs(jobs, keep)  # crops made and encoded one view batch at a time
     with timer("image encoding"):
         if cfg.feature_crops > 0:
@@ -178,15 +178,16 @@ def abs_views(
     feat_emb: list[torch.Tensor] = []
     if cfg.feature_crops > 0:
         with timer("feature crops"):
-            feat_emb = encode_feature_crops(ctx, [g[5] for g in geo])
+            feat_emb = encode_feature_crops(ctx, [g.windows for g in geo])
     with timer("image encoding"):
         full = ctx.full.cpu()
     out, offset = [], 0
-    for b, (idx, prob, d, boxes, centres, windows) in enumerate(geo):
+    for b, g in enumerate(geo):
         parts = []
         if cfg.feature_crops > 0:
             parts.append(feat_emb[b])
-        parts.append(pix_emb[offset : offset + len(boxes)])
-        offset += len(boxes)
-        out.append(ABSViews(att[b], idx, prob, d, boxes, windows, centres, torch.cat(parts), full[b]))
+        parts.append(pix_emb[offset : offset + len(g.boxes)])
+        offset += len(g.boxes)
+        out.append(ABSViews(att[b], g.topk_idx, g.topk_prob, g.draws, g.boxes, g.windows, g.feat_centres,
+                            torch.cat(parts), full[b]))
     return out
