@@ -192,9 +192,9 @@ def test_registry_rows_choose_the_adapter(hf_path, tmp_path):
     names = [r.name for r in registry.LOADERS]
     assert row(f"hf:{hf_path}") == row(str(hf_path)) == names[0]
     assert row(str(CLIP_CFG), str(CLIP_WEIGHTS)) == names[1]
-    assert row(str(CLIP_WEIGHTS)) == names[2]
+    assert row(str(CLIP_WEIGHTS)) == row(str(CLIP_WEIGHTS), "openai") == names[2]  # a file carries its weights
     assert row("hf-hub:org/repo") == row("local-dir:/x") == names[3]
-    assert row("ViT-B-16", "openai") == row(str(CLIP_WEIGHTS), "openai") == names[4]
+    assert row("ViT-B-16", "openai") == names[4]
     assert dataclasses.is_dataclass(registry.LOADERS[0])
     with pytest.raises(AbsclipError, match="Unknown model"):
         load_clip("ViT-B-16-nonexistent")
