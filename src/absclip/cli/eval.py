@@ -31,7 +31,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.report:  # from the Parquet records; thumbnails (the model is not loaded on the driver)
             from absclip.diagnostics.report import write_report
 
-            write_report(doc, args.report, max_images=args.report_max_images)
+            write_report(doc, args.report, max_images=args.report_max_images, progress=not args.no_progress)
         return print_eval_results(doc, args)
     samples = take(load_samples(args.data, classes, image_column=args.image_column,
                                 label_column=args.label_column), args.limit)
@@ -49,7 +49,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.report:
         from absclip.diagnostics.report import write_report
 
-        write_report(doc, args.report, clf=clf, max_images=args.report_max_images)
+        write_report(doc, args.report, clf=clf, max_images=args.report_max_images, progress=not args.no_progress)
     return print_eval_results(doc, args)
 
 

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="abs", help=method_help("abs"))
     p.add_argument("--top", type=positive_int, default=5, help="how many labels to show (default: 5)")
     p.add_argument("--json", action="store_true", help="print JSON: [{image, method, predictions: [{label, score}]}]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (encoding class texts)")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("eval", parents=[common], formatter_class=fmt, help="evaluate methods on a labelled data set",

@@ -199,7 +199,9 @@ def build_classifier(args: argparse.Namespace, methods: Sequence[str] = ()) -> A
                         tag_repo=_tag_repo)
     if any(get_method_class(m).needs_attention for m in methods):
         check_attention_weights(args.attention_model, weights_dir=args.weights_dir)
-    return classifier_spec(args).build()
+    clf = classifier_spec(args).build()
+    clf.encoder.progress = not getattr(args, "no_progress", False)  # a bar on a terminal (stderr) only
+    return clf
 
 
 def _tag_repo(model: str, tag: str) -> str | None:
