@@ -45,7 +45,8 @@ def test_building_the_parser_imports_no_torch() -> None:
 
 def test_import_absclip_is_lazy_and_complete() -> None:
     code = ("import json, sys\nimport absclip\nfast = 'torch' not in sys.modules\n"
-            "names = {n: callable(getattr(absclip, n)) or isinstance(getattr(absclip, n), str) for n in absclip.__all__}\n"
+            "names = {n: callable(getattr(absclip, n)) or isinstance(getattr(absclip, n), str)\n"
+            "         for n in absclip.__all__}\n"
             "print(json.dumps([fast, all(names.values()), absclip.list_methods()[:1]]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr
