@@ -263,3 +263,30 @@ def test_classify_reads_an_image_from_stdin() -> None:
     assert out[0]["image"] == "<stdin>" and len(out[0]["predictions"]) == 3
     ref, _ = _cli("classify", PHOTO, "--classes", "cat,coffee,rocket", "--json", "--method", "clip", *MODEL)
     assert json.loads(ref.stdout)[0]["predictions"] == out[0]["predictions"]
+
+
+# -- the README's run line works as written -------------------------------------------------------------
+
+def test_readme_run_line_works_from_a_fresh_clone(capsys: pytest.CaptureFixture) -> None:
+    """The README's classify line names files the repository ships; with the tiny models it runs."""
+    import shlex
+
+    from absclip.cli.main import main
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    setup = readme.split("## Set up and run", 1)[1].split("```", 2)[1]
+    assert "pip install -e '.[viz]'" in setup  # explain and --report need matplotlib
+    line = next(ln for ln in setup.splitlines() if ln.startswith("absclip classify"))
+    args = shlex.split(line)[1:]
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        for a in args:
+            if a.startswith("examples/"):
+                assert (root / a).is_file(), a
+        assert main([*args, *MODEL, *SMALL, "--json"]) == 0
+    finally:
+        os.chdir(cwd)
+    out = json.loads(capsys.readouterr().out)
+    assert {p["label"] for p in out[0]["predictions"]} == {"ball", "sunset", "chessboard"}
