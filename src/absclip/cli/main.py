@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from absclip.cli.classify import cmd_classify
@@ -143,6 +144,8 @@ def _configure_logging(debug: bool) -> None:
         for name in ("huggingface_hub", "transformers", "urllib3", "open_clip", "httpx", "filelock"):
             logging.getLogger(name).setLevel(logging.ERROR)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # the model libraries' Python warnings (deprecations, retries) are not the user's business either
+        warnings.filterwarnings("ignore", module=r"(huggingface_hub|transformers|urllib3|open_clip|timm|torchvision)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
