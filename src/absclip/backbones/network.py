@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import sys
 import urllib.parse
@@ -74,7 +75,30 @@ def go_offline() -> None:
 
 
 def _is_local(spec: str) -> bool:
-    return os.path.exists(spec) or spec.startswith(("local-dir:", "/", ".", "~")) or spec.endswith(".json")
+    """A file or folder (existing or not: the loader reports a missing one), not a name on the hub."""
+    return (os.path.exists(spec) or spec.startswith(("local-dir:", "/", ".", "~"))
+            or spec.endswith((".json", ".pt", ".pth", ".bin", ".safetensors")))
+
+
+def open_clip_knows(model: str, tag: str) -> bool:
+    """Return whether open_clip has a config named ``model`` and some model has a pretrained tag ``tag``.
+
+    Read from open_clip's files without importing it (importing it imports torch): an unknown name
+    or tag is then reported by the loader itself ("Unknown model ...") rather than as a missing download.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return True
+    root = Path(next(iter(spec.submodule_search_locations)))
+    if not (root / "model_configs" / f"{model}.json").is_file():
+        return False
+    try:
+        source = (root / "pretrained.py").read_text(encoding="utf-8")
+    except OSError:
+        return True
+    return re.search(rf"(^|[\s(,]){re.escape(tag)}\s*=|[\"']{re.escape(tag)}[\"']", source, re.M) is not None
 
 
 _HINT = ("Could not obtain the {what} weights from the Hugging Face hub{where} (no network: offline or unreachable, "
@@ -83,7 +107,7 @@ _HINT = ("Could not obtain the {what} weights from the Hugging Face hub{where} (
 
 
 def check_model_weights(model: str, pretrained: str | None, *, weights_dir: str | os.PathLike | None = None,
-                        tag_repo: Callable[[str, str], str | None] | None = None) -> None:
+                        tag_repo: Callable[[str, str], str | None] | None = None) -> bool:
     """Fail at once when a CLIP model's weights come from the hub, the hub is unreachable and they are not cached.
 
     Args:
@@ -92,25 +116,34 @@ def check_model_weights(model: str, pretrained: str | None, *, weights_dir: str 
         tag_repo: ``(model, tag) -> hub repo or None`` for open_clip names and tags (it imports
             open_clip; called only when some hub repo is cached at all).
 
+    Returns:
+        Whether the model's files look at hand (local files exist, or known name and tag with the
+        hub reachable or the weights cached); False leaves a missing file or an unknown name or
+        tag for the loader to report.
+
     Raises:
         WeightsUnavailableError: one sentence: what could not be obtained and what to pass instead.
     """
     hub_model = model.startswith(("hf-hub:", "hf:")) and not _is_local(model.split(":", 1)[1])
     if not hub_model and (pretrained in (None, "none") or _is_local(model) or _is_local(str(pretrained))):
-        return
+        files = [model.split(":", 1)[1] if model.startswith("local-dir:") else model, str(pretrained)]
+        return all(os.path.exists(f) for f in files if _is_local(f))
+    if not hub_model and not open_clip_knows(model, str(pretrained)):
+        return False  # the loader says what is wrong with the name or tag
     if hub_reachable():
-        return
+        return True
     go_offline()
     if hub_model:
         if not repo_cached(model.split(":", 1)[1], weights_dir):
             raise WeightsUnavailableError(_HINT.format(what=model, where="", flag="`model` local-dir:/path/to/dir"))
-        return
+        return True
     what, flag = f"'{pretrained}' {model}", "`pretrained` /path/to/file"
     if not any_repo_cached(weights_dir):
         raise WeightsUnavailableError(_HINT.format(what=what, where="", flag=flag))
     repo = tag_repo(model, str(pretrained)) if tag_repo else None
     if repo and not repo_cached(repo, weights_dir):
         raise WeightsUnavailableError(_HINT.format(what=what, where=f" ({repo})", flag=flag))
+    return True
 
 
 def check_attention_weights(name: str | None, *, weights_dir: str | os.PathLike | None = None) -> None:

@@ -195,9 +195,8 @@ def build_classifier(args: argparse.Namespace, methods: Sequence[str] = ()) -> A
     from absclip.methods import get_method_class
 
     pretrained = None if args.pretrained in (None, "none") else args.pretrained
-    check_model_weights(args.model, pretrained, weights_dir=args.weights_dir,
-                        tag_repo=_tag_repo)
-    if any(get_method_class(m).needs_attention for m in methods):
+    at_hand = check_model_weights(args.model, pretrained, weights_dir=args.weights_dir, tag_repo=_tag_repo)
+    if at_hand and any(get_method_class(m).needs_attention for m in methods):  # else the model's error comes first
         check_attention_weights(args.attention_model, weights_dir=args.weights_dir)
     clf = classifier_spec(args).build()
     clf.encoder.progress = not getattr(args, "no_progress", False)  # a bar on a terminal (stderr) only
