@@ -116,7 +116,9 @@ def test_metrics_definitions():
         (["--model", "ViT-B-17"], "Unknown model 'ViT-B-17'"),
         (["--model", "ViT-B-16", "--pretrained", "no-such-tag"], "Unknown pretrained tag 'no-such-tag'"),
         (["--model", "ViT-B-16", "--pretrained", "/nonexistent/ckpt.pt"], "does not exist"),
-        (["--model", "ViT-B-32", "--pretrained", str(CLIP_WEIGHTS)], "does not fit model ViT-B-32"),
+        # (clip attention: offline, an uncached DINO would be reported first, before any model is loaded)
+        (["--model", "ViT-B-32", "--pretrained", str(CLIP_WEIGHTS), "--attention-model", "clip"],
+         "does not fit model ViT-B-32"),
         (["--model", "ViT-B-16", "--pretrained", "openai"], "pass the local file"),
         (["--model", str(CLIP_CFG), "--pretrained", str(CLIP_WEIGHTS), "--attention-model", "facebook/dino-vitb16"],
          "--attention-model /path/to/dir"),

@@ -75,6 +75,7 @@ def test_changed_settings_are_refused(tmp_path, reference):
     assert run(out).returncode == 0
     proc = run(out, "--crops", "9")
     assert proc.returncode == 2 and "different settings" in proc.stderr and "Traceback" not in proc.stderr
+    assert "pixel_crops" in proc.stderr and "vs 9" in proc.stderr  # it says which setting differs
     assert run(out, "--crops", "9", "--overwrite").returncode == 0
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -29,9 +30,9 @@ from absclip.methods.base import Method, TextInputs, create_method, get_method_c
 from absclip.methods.batch import BatchContext, default_crop_workers, default_view_batch
 from absclip.text.classes import ClassList, load_classes
 from absclip.text.encoder import TextEncoder
-from absclip.text.sources import read_texts
+from absclip.text.sources import Texts, read_texts
 
-ImageLike = str | os.PathLike | Image.Image | ImageItem
+ImageLike = str | os.PathLike | Image.Image | ImageItem | np.ndarray
 
 
 class Classifier:
@@ -125,6 +126,7 @@ class Classifier:
         descriptors: str | os.PathLike | dict[str, list[str]] | None = None,
         templates: str | os.PathLike | Sequence[str] | None = None,
         descriptions_dir: str | os.PathLike | None = None,
+        texts: Texts | None = None,
     ) -> Classifier:
         """Set the classes and their texts; returns ``self``.
 
@@ -137,6 +139,8 @@ class Classifier:
                 and the fallback.
             descriptions_dir: local copy of the public description sets named as ``cupl:pets`` etc.
                 (default: ``$ABSCLIP_DESCRIPTIONS_DIR``).
+            texts: the texts already read (:func:`absclip.text.sources.read_texts`), instead of the
+                three above: a caller that checks the user's files before loading a model.
 
         Files may also be public set names (:func:`absclip.text.sources.read_text_source`).
         """
@@ -148,8 +152,11 @@ class Classifier:
             cl = load_classes(classes=classes)
         else:
             cl = ClassList.from_names(list(classes))
-        texts = read_texts(descriptions, descriptors, templates, descriptions_dir=descriptions_dir)
-        self.inputs = TextInputs(cl, texts.descriptions, texts.descriptors, texts.templates, seed=self.seed)
+        if texts is None:
+            texts = read_texts(descriptions, descriptors, templates, descriptions_dir=descriptions_dir)
+        source = texts.descriptions_source if texts.descriptions_are_templates else None
+        self.inputs = TextInputs(cl, texts.descriptions, texts.descriptors, texts.templates, seed=self.seed,
+                                 templates_source=os.path.basename(source) if source else None)
         self._methods = {}
         return self
 
@@ -243,6 +250,8 @@ class Classifier:
 
     def ranked(self, logits: torch.Tensor, method: str, top: int = 5) -> list[list[dict[str, Any]]]:
         """Return, per row of ``logits``, the ``top`` classes as ``[{label, score, logit, index}]``."""
+        if top < 1:
+            raise AbsclipError(f"`top` must be at least 1, got {top}.")
         probs = self.method(method).probabilities(logits, self.logit_scale)
         k = min(top, logits.shape[-1])
         val, idx = torch.topk(probs, k, dim=-1)
@@ -332,7 +341,7 @@ class ClassifierSpec:
                           sink_threshold=self.sink_threshold)
 
 
-def _as_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+def _as_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:  # a numpy array is one image
     return list(images) if isinstance(images, (list, tuple)) else [images]
 
 
@@ -348,3 +357,62 @@ def load(model: str, pretrained: str | None = None, **kwargs: Any) -> Classifier
     ``wca_config`` shorthands.
     """
     return ClassifierSpec.of(model, pretrained, **kwargs).build()
+
+
+#: the classifier of the last :func:`classify` call, keyed by its spec (one model held at a time)
+_PIPELINE: dict[ClassifierSpec, Classifier] = {}
+#: ... and the texts its classes were set from
+_PIPELINE_TEXTS: dict[ClassifierSpec, str] = {}
+
+
+def classify(
+    images: ImageLike | Sequence[ImageLike],
+    candidate_labels: Sequence[str | Sequence[str]],
+    *,
+    method: str = "abs",
+    model: str = "ViT-B-16",
+    pretrained: str | None = "openai",
+    attention_model: str | None = None,
+    descriptions: str | os.PathLike | dict[str, list[str]] | None = None,
+    descriptors: str | os.PathLike | dict[str, list[str]] | None = None,
+    templates: str | os.PathLike | Sequence[str] | None = None,
+    top: int | None = None,
+    **options: Any,
+) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
+    """Classify images in one call, like a Hugging Face zero-shot image-classification pipeline.
+
+    Example:
+        >>> absclip.classify("photo.jpg", candidate_labels=["cat", "dog"])       # doctest: +SKIP
+        [{'label': 'cat', 'score': 0.93}, {'label': 'dog', 'score': 0.07}]
+
+    The classifier is loaded on the first call and kept for the next ones with the same model
+    options (one at a time); the classes' texts are encoded again only when the labels or texts change.
+
+    Args:
+        images: a path, a PIL image, a numpy array (``[H, W, 3]`` uint8 RGB or ``[H, W]`` gray),
+            or a list of them.
+        candidate_labels: the class names (or synonym lists).
+        method: a registered method (``absclip.list_methods()``).
+        model / pretrained / attention_model: as for :func:`load`.
+        descriptions / descriptors / templates: as for :meth:`Classifier.set_classes`.
+        top: how many labels per image (default: all).
+        options: more fields of :class:`ClassifierSpec` (device, settings, seed, ...).
+
+    Returns:
+        ``[{"label", "score"}]`` best first for one image; a list of those for a list of images.
+    """
+    spec = ClassifierSpec.of(model, pretrained, attention_model=attention_model, **options)
+    clf = _PIPELINE.get(spec)
+    if clf is None:
+        _PIPELINE.clear()
+        _PIPELINE_TEXTS.clear()
+        clf = _PIPELINE[spec] = spec.build()
+    labels = [x if isinstance(x, str) else list(x) for x in candidate_labels]
+    texts = repr((labels, descriptions, descriptors, templates))
+    if _PIPELINE_TEXTS.get(spec) != texts:
+        clf.set_classes(labels, descriptions, descriptors=descriptors, templates=templates)
+        _PIPELINE_TEXTS[spec] = texts
+    single = not isinstance(images, (list, tuple))
+    ranked = clf.classify(images, method, top=len(clf.classes) if top is None else top)
+    rows = [[{"label": r["label"], "score": r["score"]} for r in one] for one in ([ranked] if single else ranked)]
+    return rows[0] if single else rows

@@ -23,6 +23,7 @@ from PIL import Image
 
 from absclip.backbones.base import Backbone, attention_probs, vit_flops
 from absclip.backbones.hub import dir_digest, download_hint, is_network_error
+from absclip.backbones.network import check_attention_weights
 from absclip.errors import AbsclipError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class HFAttention(AttentionSource):
     """
 
     def __init__(self, name_or_path: str, *, device: torch.device, layer: int = -1) -> None:
+        check_attention_weights(name_or_path)  # offline and not cached: one sentence now, not retries
         from transformers import AutoConfig, AutoModel
         from transformers.utils import logging as hf_logging
 

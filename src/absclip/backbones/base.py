@@ -14,6 +14,9 @@ from typing import Any
 
 import torch
 
+# defined in core.settings (torch-free, for the CLI); re-exported here
+from absclip.core.settings import DEFAULT_DEVICE as DEFAULT_DEVICE
+from absclip.core.settings import DEFAULT_PRECISION as DEFAULT_PRECISION
 from absclip.errors import AbsclipError
 
 log = logging.getLogger(__name__)
@@ -21,10 +24,6 @@ log = logging.getLogger(__name__)
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-#: the one default of every entry point (API, CLI, scale-out): CUDA when there is one, else the CPU
-DEFAULT_DEVICE = "auto"
-#: ... and fp16 on CUDA (as the reference), fp32 on the CPU (bf16 moves logits ~1%: opt-in)
-DEFAULT_PRECISION = "auto"
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -34,6 +34,7 @@ from absclip.backbones.hub import (
     quiet_root_logging,
     safe_load_state_dict,
 )
+from absclip.backbones.network import check_model_weights
 from absclip.errors import AbsclipError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -303,6 +304,18 @@ def load_openai_file(request: LoadRequest) -> ClipBackbone:
     return _load_openai_file(request.model, request.device, request.dtype)
 
 
+def pretrained_hub_repo(model: str, tag: str) -> str | None:
+    """Return the Hugging Face hub repo open_clip downloads ``model``'s ``tag`` from (None: elsewhere or unknown)."""
+    import open_clip
+
+    try:
+        cfg = open_clip.get_pretrained_cfg(model, tag) or {}
+    except Exception:  # noqa: BLE001 - unknown names are reported by the load itself
+        return None
+    parts = str(cfg.get("hf_hub") or "").strip("/").split("/")
+    return "/".join(parts[:2]) if len(parts) >= 2 else None
+
+
 def load_open_clip(request: LoadRequest, *, name: str | None = None, identity_suffix: str = "") -> ClipBackbone:
     """Load an open_clip model by name + tag or checkpoint file, or an ``hf-hub:``/``local-dir:`` repo.
 
@@ -310,6 +323,8 @@ def load_open_clip(request: LoadRequest, *, name: str | None = None, identity_su
         AbsclipError: unknown name or tag, unreadable or mismatched checkpoint.
         WeightsUnavailableError: weights could not be downloaded.
     """
+    check_model_weights(name or request.model, request.pretrained, weights_dir=request.weights_dir,
+                        tag_repo=pretrained_hub_repo)  # before the slow import: offline fails at once
     import open_clip
 
     dev, dtype, pretrained, quick_gelu = request.device, request.dtype, request.pretrained, request.quick_gelu

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from absclip.cli.options import build_classifier, expand_images, set_classes
+from absclip.cli.options import build_classifier, read_class_inputs, read_images, set_classes
 from absclip.io.files import json_text
 
 log = logging.getLogger("absclip")
@@ -13,14 +13,13 @@ log = logging.getLogger("absclip")
 
 def cmd_classify(args: argparse.Namespace) -> int:
     """absclip classify: ranked labels for each image."""
-    from absclip.io.images import make_item
     from absclip.methods.base import get_method_class
 
     get_method_class(args.method)
-    items = [make_item(p, max_pixels=args.max_pixels)
-             for p in expand_images(args.images)]
-    clf = build_classifier(args)
-    set_classes(clf, args)
+    items = read_images(args.images, args.max_pixels)  # every user file is read before the model loads
+    inputs = read_class_inputs(args)
+    clf = build_classifier(args, [args.method])
+    set_classes(clf, args, inputs)
     logits = clf.logits(items, args.method)
     ranked = clf.ranked(logits, args.method, top=args.top)
     if args.json:

@@ -31,13 +31,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.report:  # from the Parquet records; thumbnails (the model is not loaded on the driver)
             from absclip.diagnostics.report import write_report
 
-            write_report(doc, args.report, max_images=args.report_max_images)
+            write_report(doc, args.report, max_images=args.report_max_images, progress=not args.no_progress)
         return print_eval_results(doc, args)
     samples = take(load_samples(args.data, classes, image_column=args.image_column,
                                 label_column=args.label_column), args.limit)
-    clf = build_classifier(args)
-    clf.set_classes(classes, args.descriptions, descriptors=args.descriptors, templates=args.templates,
-                    descriptions_dir=args.descriptions_dir)
+    from absclip.text.sources import read_texts
+
+    texts = read_texts(args.descriptions, args.descriptors, args.templates, descriptions_dir=args.descriptions_dir)
+    clf = build_classifier(args, methods)  # after every user file was read
+    clf.set_classes(classes, texts=texts)
     dataset = args.dataset_name or os.path.basename(os.path.normpath(args.data))
     doc = evaluate(clf, samples, methods, output=args.output, predictions=args.predictions, dataset=dataset,
                    top=args.top, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
@@ -47,7 +49,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.report:
         from absclip.diagnostics.report import write_report
 
-        write_report(doc, args.report, clf=clf, max_images=args.report_max_images)
+        write_report(doc, args.report, clf=clf, max_images=args.report_max_images, progress=not args.no_progress)
     return print_eval_results(doc, args)
 
 

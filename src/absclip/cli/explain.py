@@ -9,13 +9,14 @@ from absclip.io.files import json_text
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """absclip explain: write the explanation PNG of one image and print its top classes."""
-    from absclip.cli.options import build_classifier, set_classes
+    from absclip.cli.options import build_classifier, read_class_inputs, set_classes
     from absclip.diagnostics.explain import explain, format_distinct
     from absclip.io.images import make_item
 
     item = make_item(args.image, max_pixels=args.max_pixels)
-    clf = build_classifier(args)
-    set_classes(clf, args)
+    inputs = read_class_inputs(args)  # every user file is read before the model loads
+    clf = build_classifier(args, ["abs"])
+    set_classes(clf, args, inputs)
     ex = explain(clf, item, top=args.top, map=args.map, map_class=args.map_class,
                  classes_shown=args.show_classes, descriptions_shown=args.show_descriptions)
     drawn = ex.save(args.out, dpi=args.dpi)
@@ -36,7 +37,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``absclip explain`` to the ``absclip`` parser (model and ABS options from ``common``)."""
     from absclip.cli.options import EPILOG_MODELS, class_options
-    from absclip.diagnostics.explain import MAP_KINDS
+    from absclip.core.settings import MAP_KINDS
 
     p = sub.add_parser(
         "explain", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,

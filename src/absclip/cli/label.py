@@ -26,14 +26,15 @@ def cmd_label(args: argparse.Namespace) -> int:
                             max_pixels=args.max_pixels, limit=args.limit, image_column=args.image_column,
                             announce=_announce, extra_config=extra)
     else:
-        from absclip.cli.options import build_classifier, set_classes
+        from absclip.cli.options import build_classifier, read_class_inputs, set_classes
         from absclip.engines.local import label_images
         from absclip.io.sources import load_paths
 
         paths = load_paths(args.data, image_column=args.image_column)
         paths = paths if args.limit is None else paths[: args.limit]
-        clf = build_classifier(args)
-        set_classes(clf, args)
+        inputs = read_class_inputs(args)  # every user file is read before the model loads
+        clf = build_classifier(args, [args.method])
+        set_classes(clf, args, inputs)
         summary = label_images(clf, paths, [args.method], output=args.output, top=args.top, resume=args.resume,
                                overwrite=args.overwrite, progress=not args.no_progress, max_pixels=args.max_pixels,
                                extra_config=extra)
@@ -49,7 +50,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``absclip label`` to the ``absclip`` parser (model and ABS options from ``common``)."""
-    from absclip.cli.options import EPILOG_MODELS, class_options, method_help
+    from absclip.cli.options import EPILOG_MODELS, class_options, method_help, positive_int
 
     p = sub.add_parser(
         "label", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -69,7 +70,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     class_options(p)
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (path, or URI with --engine ray)")
     p.add_argument("--method", default="abs", help=method_help("abs"))
-    p.add_argument("--top", type=int, default=5, help="labels and scores kept per image (default: 5)")
+    p.add_argument("--top", type=positive_int, default=5, help="labels and scores kept per image (default: 5)")
     p.add_argument("--limit", type=int, help="label only the first N images")
     p.add_argument("--image-column", help="listing column with image paths (default: path/file/image...)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,

@@ -8,6 +8,7 @@ import logging
 import re
 from typing import Any
 
+from absclip.errors import AbsclipError
 from absclip.io.files import json_text
 
 log = logging.getLogger("absclip")
@@ -20,6 +21,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     import open_clip
 
     names = [n for n in open_clip.list_models() if fnmatch.fnmatch(n.lower(), (args.pattern or "*").lower())]
+    if not names:
+        raise AbsclipError(f"No open_clip model matches {args.pattern!r}; run 'absclip models' for the names "
+                           "(patterns are globs, e.g. 'ViT-B*').")
     rows = [{"model": n, "pretrained": open_clip.list_pretrained_tags_by_model(n)} for n in names]
     if args.json:
         print(json_text(rows, indent=2))

@@ -10,12 +10,13 @@ import logging
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from absclip.cli.classify import cmd_classify
 from absclip.cli.eval import cmd_eval
 from absclip.cli.listing import cmd_methods, cmd_models
-from absclip.cli.options import EPILOG_MODELS, class_options, method_help, model_options
+from absclip.cli.options import EPILOG_MODELS, class_options, method_help, model_options, positive_int
 from absclip.errors import AbsclipError
 
 log = logging.getLogger("absclip")
@@ -48,11 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rank the classes for each image.",
                        epilog="example:\n  absclip classify cat.jpg --classes cat,dog,car --descriptions cupl.json\n\n"
                               + EPILOG_MODELS)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or directories of images")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files or directories of images; - reads one image from standard input")
     class_options(p)
     p.add_argument("--method", default="abs", help=method_help("abs"))
-    p.add_argument("--top", type=int, default=5, help="how many labels to show (default: 5)")
+    p.add_argument("--top", type=positive_int, default=5, help="how many labels to show (default: 5)")
     p.add_argument("--json", action="store_true", help="print JSON: [{image, method, predictions: [{label, score}]}]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (encoding class texts)")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("eval", parents=[common], formatter_class=fmt, help="evaluate methods on a labelled data set",
@@ -67,13 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     class_options(p)
     p.add_argument("--methods", default="abs", help=f"comma-separated methods: {method_help('abs')}")
     p.add_argument("--output", default="results.json",
-                   help="results JSON; put {method} in the name for one CLIP_benchmark file per method")
+                   help="results JSON; put {method} in the name for one CLIP_benchmark file per method (default: "
+                        "results.json in the current folder)")
     p.add_argument("--predictions", help="per-image predictions JSONL (default: next to --output)")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
     p.add_argument("--dataset-name", help="dataset name recorded in the results (default: the data folder's name)")
     p.add_argument("--image-column", help="listing column with image paths (default: path/file/image...)")
     p.add_argument("--label-column", help="listing column with labels (default: label/target/imagenet_index/...)")
-    p.add_argument("--top", type=int, default=5, help="top-k labels stored per image (default: 5)")
+    p.add_argument("--top", type=positive_int, default=5, help="top-k labels stored per image (default: 5)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue an interrupted run with the same settings (default: on)")
     p.add_argument("--overwrite", action="store_true", help="discard existing predictions and start over")
@@ -88,11 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list open_clip models and pretrained tags")
     p.add_argument("pattern", nargs="?", help="glob filter, e.g. 'ViT-B*'")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON: [{model, pretrained: [tags]}]")
     p.set_defaults(func=cmd_models, debug=False)
 
     p = sub.add_parser("methods", help="list the methods")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON: [{method, description, settings_type, settings: [{name, default, flag, help}]}]")
     p.set_defaults(func=cmd_methods, debug=False)
 
     for mod in EXTRA_COMMANDS:
@@ -139,6 +144,8 @@ def _configure_logging(debug: bool) -> None:
         for name in ("huggingface_hub", "transformers", "urllib3", "open_clip", "httpx", "filelock"):
             logging.getLogger(name).setLevel(logging.ERROR)
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # the model libraries' Python warnings (deprecations, retries) are not the user's business either
+        warnings.filterwarnings("ignore", module=r"(huggingface_hub|transformers|urllib3|open_clip|timm|torchvision)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,9 +38,7 @@ def _pair(text: str) -> tuple[float, float]:
 
 def model_options() -> argparse.ArgumentParser:
     """Return a parent parser with the model, device and run options shared by all commands."""
-    from absclip.backbones.base import DEFAULT_DEVICE, DEFAULT_PRECISION
-    from absclip.core.settings import DEFAULT_SINK_THRESHOLD
-    from absclip.io.images import DEFAULT_MAX_PIXELS
+    from absclip.core.settings import DEFAULT_DEVICE, DEFAULT_MAX_PIXELS, DEFAULT_PRECISION, DEFAULT_SINK_THRESHOLD
 
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("model")
@@ -187,9 +185,28 @@ def classifier_spec(args: argparse.Namespace) -> Any:
         cache_dir=args.cache_dir, use_cache=not args.no_cache)
 
 
-def build_classifier(args: argparse.Namespace) -> Any:
-    """Return a :class:`absclip.Classifier` from parsed options (classes not set)."""
-    return classifier_spec(args).build()
+def build_classifier(args: argparse.Namespace, methods: Sequence[str] = ()) -> Any:
+    """Return a :class:`absclip.Classifier` from parsed options (classes not set).
+
+    First, before torch and the model libraries are imported: when the hub is unreachable, weights
+    that are not cached fail at once (the attention model's too when one of ``methods`` needs it).
+    """
+    from absclip.backbones.network import check_attention_weights, check_model_weights
+    from absclip.methods import get_method_class
+
+    pretrained = None if args.pretrained in (None, "none") else args.pretrained
+    at_hand = check_model_weights(args.model, pretrained, weights_dir=args.weights_dir, tag_repo=_tag_repo)
+    if at_hand and any(get_method_class(m).needs_attention for m in methods):  # else the model's error comes first
+        check_attention_weights(args.attention_model, weights_dir=args.weights_dir)
+    clf = classifier_spec(args).build()
+    clf.encoder.progress = not getattr(args, "no_progress", False)  # a bar on a terminal (stderr) only
+    return clf
+
+
+def _tag_repo(model: str, tag: str) -> str | None:
+    from absclip.backbones.open_clip import pretrained_hub_repo
+
+    return pretrained_hub_repo(model, tag)
 
 
 def method_help(default: str | None = "abs") -> str:
@@ -200,13 +217,31 @@ def method_help(default: str | None = "abs") -> str:
     return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
 
 
-def set_classes(clf: Any, args: argparse.Namespace) -> None:
-    """Load classes and text files named on the command line into ``clf``."""
+def read_class_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Return the classes and texts named on the command line, read and checked (before any model is loaded)."""
     from absclip.text.classes import load_classes
+    from absclip.text.sources import read_texts
 
     classes = load_classes(args.classes, args.classes_file)
-    clf.set_classes(classes, args.descriptions, descriptors=args.descriptors, templates=args.templates,
-                    descriptions_dir=args.descriptions_dir)
+    texts = read_texts(args.descriptions, args.descriptors, args.templates, descriptions_dir=args.descriptions_dir)
+    return classes, texts
+
+
+def set_classes(clf: Any, args: argparse.Namespace, inputs: tuple[Any, Any] | None = None) -> None:
+    """Give ``clf`` the classes and texts of the command line (``inputs``: from :func:`read_class_inputs`)."""
+    classes, texts = inputs or read_class_inputs(args)
+    clf.set_classes(classes, texts=texts)
+
+
+def positive_int(text: str) -> int:
+    """An option's value that must be a whole number of at least 1 (``--top``)."""
+    try:
+        n = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from e
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {n}")
+    return n
 
 
 def class_options(p: argparse.ArgumentParser) -> None:
@@ -217,12 +252,14 @@ def class_options(p: argparse.ArgumentParser) -> None:
 
 
 def expand_images(paths: Sequence[str]) -> list[str]:
-    """Return image files: files as given, directories expanded to the images inside (sorted)."""
+    """Return image files: files as given, directories expanded to the images inside (sorted); ``-`` kept."""
     from absclip.io.sources import list_images
 
     out: list[str] = []
     for p in paths:
-        if os.path.isdir(p):
+        if p == "-":
+            out.append(p)
+        elif os.path.isdir(p):
             found = [str(f) for f in list_images(p)]
             if not found:
                 raise AbsclipError(f"{p}: the directory contains no images.")
@@ -230,3 +267,21 @@ def expand_images(paths: Sequence[str]) -> list[str]:
         else:
             out.append(p)
     return out
+
+
+def read_images(paths: Sequence[str], max_pixels: int | None) -> list[Any]:
+    """Return decoded :class:`absclip.io.images.ImageItem` of image arguments; ``-`` reads an image from stdin."""
+    import sys
+
+    from absclip.io.images import make_item
+
+    items = []
+    for p in expand_images(paths):
+        if p == "-":
+            if sys.stdin.isatty():
+                raise AbsclipError("'-' reads an image from standard input, but nothing is piped in "
+                                   "(e.g. cat photo.jpg | absclip classify - --classes cat,dog).")
+            items.append(make_item(sys.stdin.buffer.read(), max_pixels=max_pixels, name="<stdin>"))
+        else:
+            items.append(make_item(p, max_pixels=max_pixels))
+    return items

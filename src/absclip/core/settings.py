@@ -28,6 +28,15 @@ def setting(default: Any, flag: str | None = None, help: str | None = None, **me
     data = {**meta, **({"flag": flag} if flag else {}), **({"help": help} if help else {})}
     return dataclasses.field(default=default, metadata=data)
 
+#: the one default of every entry point (API, CLI, scale-out): CUDA when there is one, else the CPU
+DEFAULT_DEVICE = "auto"
+#: ... and fp16 on CUDA (as the reference), fp32 on the CPU (bf16 moves logits ~1%: opt-in)
+DEFAULT_PRECISION = "auto"
+#: images with more pixels are refused (PIL's own decompression-bomb limit)
+DEFAULT_MAX_PIXELS = 178_956_970
+#: the kinds of map an explanation picture can show (``absclip explain --map``)
+MAP_KINDS = ("attention", "rollout", "text")
+
 #: robust z-score (MADs above the median) above which a token is an attention sink (``--ignore-sinks``)
 DEFAULT_SINK_THRESHOLD = 5.0
 

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from absclip.core import views
+from absclip.core.settings import MAP_KINDS as MAP_KINDS  # torch-free home, for the CLI
 from absclip.errors import AbsclipError
 from absclip.io.images import ImageItem, make_item
 
@@ -39,8 +40,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from absclip.backbones.base import Backbone
 
 log = logging.getLogger(__name__)
-
-MAP_KINDS = ("attention", "rollout", "text")
 
 #: Okabe & Ito (2008) colour-blind-safe palette
 OKABE_ITO = {

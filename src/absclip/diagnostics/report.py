@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from absclip.errors import AbsclipError, BadImageError
 from absclip.io.files import atomic_write_text
+from absclip.io.progress import progress_bar
 from absclip.io.records import read_records, unique_records
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -270,6 +271,7 @@ def build_report(
     max_images: int = DEFAULT_MAX_IMAGES,
     gallery_method: str | None = None,
     title: str | None = None,
+    progress: bool = False,
 ) -> str:
     """Return the report as one self-contained HTML string.
 
@@ -279,6 +281,7 @@ def build_report(
             gallery shows thumbnails.
         max_images: at most this many misclassified images in the gallery.
         gallery_method: whose mistakes the gallery shows (default: ``abs`` if evaluated, else the first).
+        progress: show a progress bar on stderr for the gallery (when it is a terminal).
     """
     from absclip.diagnostics.explain import _require_matplotlib
 
@@ -353,7 +356,7 @@ def build_report(
     if len(wrong) > len(shown):
         w(f"<p class='note'>capped at {max_images} images (--report-max-images).</p>")
     w("<div class='gallery'>")
-    for r in shown:
+    for r in progress_bar(shown, progress, desc="report gallery", unit="img"):
         png = explain_png(r["path"]) if explain_png is not None else None
         kind = "explanation" if png is not None else "image"
         if png is None:
@@ -382,6 +385,7 @@ def write_report(
     predictions: str | os.PathLike | None = None,
     max_images: int = DEFAULT_MAX_IMAGES,
     explain_map: str = "attention",
+    progress: bool = False,
 ) -> Path:
     """Write the HTML report of an evaluation to ``out``; return its path.
 
@@ -393,6 +397,7 @@ def write_report(
         predictions: the prediction records, JSONL file or Parquet folder (default: the one recorded in ``doc``).
         max_images: cap on the gallery.
         explain_map: map of the explanation pictures (``attention``, ``rollout`` or ``text``).
+        progress: show a progress bar on stderr for the gallery (when it is a terminal).
     """
     data = load_report_data(doc, predictions)
     explain_png = None
@@ -414,5 +419,5 @@ def write_report(
                 log.warning("report: explanation pictures unavailable (%s); showing thumbnails instead.", e)
                 return None
 
-    text = build_report(data, explain_png=explain_png, max_images=max_images)
+    text = build_report(data, explain_png=explain_png, max_images=max_images, progress=progress)
     return atomic_write_text(out, text)

@@ -229,7 +229,7 @@ def evaluate(
     run_id = run_id_for(spec)
     if overwrite and pred_path.exists():
         pred_path.unlink()
-    writer = JsonlRecordWriter.open(pred_path, run_id, resume=resume)
+    writer = JsonlRecordWriter.open(pred_path, run_id, resume=resume, spec=spec)
     t0 = time.perf_counter()
     stats = predict_records(clf, samples, methods, writer, run_id=run_id, labelled=True, top=max(top, 5),
                             desc="eval", progress=progress, max_pixels=max_pixels)
@@ -277,7 +277,7 @@ def label_images(
     rows_path = out / LOCAL_ROWS
     if overwrite and rows_path.exists():
         rows_path.unlink()
-    writer = JsonlRecordWriter.open(rows_path, run_id, resume=resume)
+    writer = JsonlRecordWriter.open(rows_path, run_id, resume=resume, spec=spec)
     t0 = time.perf_counter()
     stats = predict_records(clf, [Sample(p, -1) for p in paths], methods, writer, run_id=run_id, labelled=False,
                             top=top, desc="label", progress=progress, max_pixels=max_pixels)

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from absclip.core.settings import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS  # torch- and PIL-free home
 from absclip.errors import BadImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own decompression-bomb limit
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -128,10 +128,41 @@ class ImageItem:
         return self.image.size
 
 
-def make_item(src: str | os.PathLike | Image.Image, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageItem:
-    """Return an :class:`ImageItem` from a path or a PIL image."""
+def array_image(arr: np.ndarray) -> Image.Image:
+    """Return a PIL image of a numpy array: ``[H, W, 3]`` RGB, ``[H, W, 4]`` RGBA, ``[H, W]`` or ``[H, W, 1]`` gray.
+
+    Raises:
+        BadImageError: another shape, or values that are not uint8 (0..255).
+    """
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.dtype != np.uint8:
+        raise BadImageError(f"a numpy image must be uint8 (0..255), got dtype {a.dtype}.")
+    if a.ndim == 2:
+        return Image.fromarray(np.ascontiguousarray(a), "L")
+    if a.ndim == 3 and a.shape[2] in (3, 4):
+        return Image.fromarray(np.ascontiguousarray(a), "RGB" if a.shape[2] == 3 else "RGBA")
+    raise BadImageError(f"a numpy image must be [H, W, 3] (RGB), [H, W, 4] (RGBA) or [H, W] (gray), got shape "
+                        f"{list(a.shape)}.")
+
+
+def make_item(src: str | os.PathLike | Image.Image | np.ndarray | bytes, *,
+              max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None) -> ImageItem:
+    """Return an :class:`ImageItem` from a path, a PIL image, a numpy array (HWC uint8, RGB or gray) or encoded bytes.
+
+    The content key depends on the pixels only: a file, its PIL image and its numpy array give the
+    same item. ``name`` is the source shown for images that are not files (default ``<PIL.Image>``,
+    ``<numpy.ndarray>``, ``<bytes>``).
+    """
     if isinstance(src, Image.Image):
         im = to_rgb(src)
-        return ImageItem(im, image_key(im), "<PIL.Image>")
+        return ImageItem(im, image_key(im), name or "<PIL.Image>")
+    if isinstance(src, np.ndarray):
+        im = to_rgb(array_image(src))
+        return ImageItem(im, image_key(im), name or "<numpy.ndarray>")
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        im = decode_image(bytes(src), name or "<bytes>", max_pixels=max_pixels)
+        return ImageItem(im, image_key(im), name or "<bytes>")
     im = load_image(src, max_pixels=max_pixels)
     return ImageItem(im, image_key(im), str(src))

@@ -168,8 +168,13 @@ class JsonlRecordWriter:
     done: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, run_id: str, *, resume: bool) -> JsonlRecordWriter:
-        """Open ``path`` for appending, first reading the finished records of a previous run when ``resume``."""
+    def open(cls, path: str | os.PathLike, run_id: str, *, resume: bool,
+             spec: dict[str, Any] | None = None) -> JsonlRecordWriter:
+        """Open ``path`` for appending, first reading the finished records of a previous run when ``resume``.
+
+        ``spec`` (the run's settings, hashed into ``run_id``) is kept next to the records
+        (:func:`run_spec_path`), so that a later run with other settings is told which differ.
+        """
         p = Path(path)
         w = cls(p, run_id)
         if p.exists() and p.stat().st_size > 0:
@@ -179,14 +184,18 @@ class JsonlRecordWriter:
             for line, rec in _jsonl_lines(p):
                 _check_fields(rec, p)
                 if rec["run"] != run_id:
+                    changed = settings_differences(read_run_spec(run_spec_path(p)), spec) \
+                        or f"run {rec['run']} vs {run_id}"
                     raise AbsclipError(
-                        f"{p} was written with different settings (run {rec['run']} vs {run_id}); use another "
-                        "`output` or `overwrite` instead of mixing results."
+                        f"{p} was written with different settings ({changed}); "
+                        "use another `output` or `overwrite` instead of mixing results."
                     )
                 good.append(line)
                 w.done.setdefault(record_key(rec), rec)
             atomic_write_text(p, "".join(g + "\n" for g in good))  # without the torn last line
         p.parent.mkdir(parents=True, exist_ok=True)
+        if spec is not None:
+            atomic_write_text(run_spec_path(p), json.dumps({"run": run_id, "spec": spec}, indent=1, default=str))
         w._fh = open(p, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         return w
 
@@ -262,3 +271,44 @@ def unique_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     if len(out) < n:
         log.warning("%d duplicate prediction records ignored (each (image, method) counted once).", n - len(out))
     return out
+
+
+def run_spec_path(records: str | os.PathLike) -> Path:
+    """Return the file next to a JSONL records file that holds its run's settings: ``<name>.run.json``."""
+    p = Path(records)
+    return p.with_name(p.name + ".run.json")
+
+
+def read_run_spec(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Return the ``spec`` of a run-settings file (``{"run", "spec"}``), or None when absent or unreadable."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8")).get("spec")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def settings_differences(old: Any, new: Any, *, limit: int = 3) -> str:
+    """Return the first settings that differ between two run specs, as ``seed 0 vs 1, methods.abs.config.top_k 20
+    vs 5`` (dotted keys; long values shortened); empty when either is unknown or they are equal."""
+    if old is None or new is None:
+        return ""
+    out: list[str] = []
+
+    def short(v: Any) -> str:
+        text = json.dumps(v, default=str)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    def walk(a: Any, b: Any, key: str) -> None:
+        if len(out) >= limit:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in list(dict.fromkeys([*a, *b])):
+                walk(a.get(k), b.get(k), f"{key}.{k}" if key else str(k))
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{key}[{i}]")
+        elif json.dumps(a, default=str) != json.dumps(b, default=str):
+            out.append(f"{key or 'settings'} {short(a)} vs {short(b)}")
+
+    walk(json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str)), "")
+    return ", ".join(out)

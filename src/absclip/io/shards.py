@@ -79,6 +79,16 @@ class OutputDir:
         if self.fs.get_file_info(p).type == pafs.FileType.File:
             self.fs.delete_file(p)
 
+    def read_run_spec(self) -> dict[str, Any] | None:
+        """Return the run settings kept in ``_run.json`` (None when absent or unreadable)."""
+        import json
+
+        try:
+            with self.fs.open_input_stream(f"{self.root.rstrip('/')}/_run.json") as f:
+                return json.loads(f.read().decode("utf-8")).get("spec")
+        except (OSError, ValueError, AttributeError):
+            return None
+
     def write_json(self, name: str, obj: Any) -> None:
         """Write ``name`` in the folder (atomically for local folders)."""
         from absclip.io.files import atomic_write_json, json_text

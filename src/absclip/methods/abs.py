@@ -5,18 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from absclip.core import scoring, views
-from absclip.core.geometry import abs_geometry, batched_feature_crop_tokens, token_keep_indices
-from absclip.core.sampling import ABSDraws, image_rng
+from absclip.core import views
 from absclip.core.settings import ABSConfig, fast_abs_config
 from absclip.core.timer import NULL_TIMER
 from absclip.methods.base import Method, TextInputs, register_method
-from absclip.methods.batch import BatchContext
-from absclip.text.encoder import TextEncoder
+
+if TYPE_CHECKING:  # torch, numpy and the model side are imported inside functions (a fast CLI parser)
+    import torch
+
+    from absclip.core.sampling import ABSDraws
+    from absclip.methods.batch import BatchContext
+    from absclip.text.encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,19 @@ class ABSMethod(Method):
     def draw(self, attention: torch.Tensor, size: tuple[int, int], key: str, seed: int,
              attn_grid: tuple[int, int], facts: Any) -> ABSDraws:
         """Return one image's crop draws from its attention map, exactly as :meth:`views` draws them."""
+        from absclip.core.geometry import abs_geometry
+        from absclip.core.sampling import image_rng
+
         w, h = size
         return abs_geometry(attention, None, self.settings, w, h, tuple(attn_grid), tuple(facts.grid),
                             int(facts.image_size[0]), image_rng(seed, key, "abs")).draws
 
     def score(self, views: Sequence[ABSViews], timer: Any = None) -> torch.Tensor:
         """Return logits ``[B, C]`` of the views of a batch (soft matching, spec §5–§6)."""
+        import torch
+
+        from absclip.core import scoring
+
         with (timer or NULL_TIMER)("scoring"):
             emb = torch.stack([v.embeddings for v in views])  # [B, V, D]
             return scoring.soft_match_logits(emb, self.bank.emb, self.bank.mask, self.settings.score_temperature)
@@ -61,6 +69,8 @@ class ABSMethod(Method):
 
     def probabilities(self, logits: torch.Tensor, logit_scale: float) -> torch.Tensor:
         # ABS logits are sums over V views of scores in units of 1/tau: average per view first
+        import torch
+
         views = max(1, self.settings.pixel_crops + self.settings.feature_crops)
         return torch.softmax(logits / views, dim=-1)
 
@@ -111,6 +121,10 @@ def encode_feature_crops(ctx: BatchContext, windows: Sequence[Sequence[views.Win
         ctx: the batch (its ``tokens`` are used).
         windows: per image, the half-open token windows in view order.
     """
+    import torch
+
+    from absclip.core.geometry import batched_feature_crop_tokens
+
     bb = ctx.backbone
     index: dict[tuple[int, views.Window], int] = {}
     for b, ws in enumerate(windows):
@@ -150,6 +164,11 @@ def abs_views(
         seed: the run seed; each image draws from ``image_rng(seed, image.key, "abs")``.
         draws: optional injected draws per image (None entries are drawn).
     """
+    import torch
+
+    from absclip.core.geometry import abs_geometry, token_keep_indices
+    from absclip.core.sampling import image_rng
+
     bb = ctx.backbone
     src = ctx.attention_source
     if src is None:

@@ -9,16 +9,18 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from absclip.core.settings import replace_config
 from absclip.errors import AbsclipError
-from absclip.methods.batch import BatchContext
 from absclip.text import banks as text
 from absclip.text.classes import ClassList
-from absclip.text.encoder import EncodedBank, TextEncoder
+
+if TYPE_CHECKING:  # method modules import torch only inside functions: the CLI's parser reads the registry fast
+    import torch
+
+    from absclip.methods.batch import BatchContext
+    from absclip.text.encoder import EncodedBank, TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class TextInputs:
         descriptors: DCLIP-style ``{class: [phrases]}``.
         templates: ``{c}`` templates (clip-e, and the fallback of description methods).
         seed: run seed (WaffleCLIP's random descriptors).
+        templates_source: where the templates came from when they were given as the descriptions
+            (a ``.txt`` given to ``descriptions``), to say so when they are used as descriptions.
     """
 
     classes: ClassList
@@ -81,6 +85,7 @@ class TextInputs:
     descriptors: dict[str, list[str]] | None = None
     templates: list[str] | None = None
     seed: int = 0
+    templates_source: str | None = None
     _warned: set[str] = field(default_factory=set)
 
     def fallback(self, what: str) -> list[list[str]]:
@@ -88,6 +93,10 @@ class TextInputs:
         templates = self.templates or [text.DEFAULT_TEMPLATE]
         if what not in self._warned:
             self._warned.add(what)
+            if what == "descriptions" and self.templates_source:
+                log.warning("%s holds templates, not per-class descriptions; using them (%s) as each class's "
+                            "descriptions.", self.templates_source, ", ".join(repr(t) for t in templates[:3]))
+                return text.template_bank(self.classes, templates)
             log.warning("No %s file given: using the template(s) %s as each class's %s.",
                         what, ", ".join(repr(t) for t in templates[:3]), what)
         return text.template_bank(self.classes, templates)
@@ -176,6 +185,8 @@ class Method:
 
     def probabilities(self, logits: torch.Tensor, logit_scale: float) -> torch.Tensor:
         """Return class probabilities ``[B, C]`` (the ``score`` reported to users)."""
+        import torch
+
         return torch.softmax(logits * logit_scale, dim=-1)
 
     def config(self) -> dict[str, Any]:

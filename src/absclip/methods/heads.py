@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-import torch
-
-from absclip.core import scoring
 from absclip.core.settings import WaffleSettings
 from absclip.methods.base import Method, TextInputs, register_method
-from absclip.methods.batch import BatchContext
 from absclip.text import banks as text
-from absclip.text.encoder import TextEncoder
+
+if TYPE_CHECKING:  # torch and the model side are imported inside functions (a fast CLI parser)
+    import torch
+
+    from absclip.methods.batch import BatchContext
+    from absclip.text.encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +27,14 @@ class _ClassifierHead(Method):
         raise NotImplementedError
 
     def prepare(self, inputs: TextInputs, encoder: TextEncoder) -> None:
+        from absclip.core import scoring
+
         self.bank = encoder.encode_bank(self.texts(inputs))
         self.classifier = scoring.masked_mean_classifier(self.bank.emb, self.bank.mask)
 
     def logits(self, ctx: BatchContext, seed: int) -> torch.Tensor:
+        from absclip.core import scoring
+
         return scoring.cosine_logits(ctx.full.cpu(), self.classifier)
 
 

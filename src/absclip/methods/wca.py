@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-import torch
-
-from absclip.core import scoring
-from absclip.core.sampling import draw_wca_boxes, image_rng
 from absclip.core.settings import WCAConfig
 from absclip.methods.base import Method, TextInputs, register_method
-from absclip.methods.batch import BatchContext
 from absclip.text import banks as text
-from absclip.text.encoder import TextEncoder
+
+if TYPE_CHECKING:  # torch and the model side are imported inside functions (a fast CLI parser)
+    import torch
+
+    from absclip.methods.batch import BatchContext
+    from absclip.text.encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,11 @@ class WCAMethod(Method):
         self.prompt = encoder.encode([text.fill_template(text.DEFAULT_TEMPLATE, n) for n in inputs.classes.names])
 
     def logits(self, ctx: BatchContext, seed: int) -> torch.Tensor:
+        import torch
+
+        from absclip.core import scoring
+        from absclip.core.sampling import draw_wca_boxes, image_rng
+
         bb = ctx.backbone
         crops, counts = [], []
         for item in ctx.items:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from absclip.io.files import atomic_path, cache_root
+from absclip.io.progress import progress_bar
 from absclip.text.banks import texts_digest
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,14 @@ class TextEncoder:
     """Encodes text banks with a backbone; each distinct text is encoded once per process and cached on disk.
 
     The cache key is the backbone identity (model, weights digest, QuickGELU, dtype) plus the
-    exact texts; entries are verified on read and recomputed when corrupt.
+    exact texts; entries are verified on read and recomputed when corrupt. With ``progress``, encoding
+    (not reading the cache) shows a bar on stderr by batches of texts, when stderr is a terminal.
     """
 
     def __init__(self, backbone: Any, *, cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, progress: bool = False) -> None:
         self.backbone = backbone
+        self.progress = progress
         self.batch_size = batch_size
         self.use_cache = use_cache
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -68,7 +71,7 @@ class TextEncoder:
             key = self._key(todo)
             emb = self._read(key, len(todo))
             if emb is None:
-                emb = self.backbone.encode_texts(list(todo), batch_size=self.batch_size)
+                emb = self._encode(todo)
                 self.encoded_count += len(todo)
                 self._write(key, emb)
             for t, e in zip(todo, emb):
@@ -76,6 +79,18 @@ class TextEncoder:
         if not texts:
             return torch.zeros(0, self.backbone.facts.embed_dim)
         return torch.stack([self._memo[t] for t in texts])
+
+    def _encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """Run ``texts`` through the text tower in batches (the same embeddings as one call), with a bar."""
+        n, step = len(texts), self.batch_size
+        if n <= step:
+            return self.backbone.encode_texts(list(texts), batch_size=step)
+        out = []
+        with progress_bar(None, self.progress, total=n, desc="encoding class texts", unit="text") as bar:
+            for i in range(0, n, step):
+                out.append(self.backbone.encode_texts(list(texts[i : i + step]), batch_size=step))
+                bar.update(len(out[-1]))
+        return torch.cat(out)
 
     def encode_bank(self, groups: Sequence[Sequence[str]], max_per_class: int | None = None) -> EncodedBank:
         """Return the padded ``[C, M, D]`` embeddings and ``[C, M]`` mask of per-class text lists."""

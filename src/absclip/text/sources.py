@@ -95,12 +95,14 @@ class Texts:
         descriptors: DCLIP-style ``{class: [phrases]}``.
         templates: ``{c}`` templates (``clip-e``, and the fallback of the description methods).
         descriptions_are_templates: the descriptions source held templates, so they became ``templates``.
+        descriptions_source: the file or set name the descriptions were read from (None: data or not given).
     """
 
     descriptions: dict[str, list[str]] | None = None
     descriptors: dict[str, list[str]] | None = None
     templates: list[str] | None = None
     descriptions_are_templates: bool = False
+    descriptions_source: str | None = None
 
 
 def read_texts(descriptions: Any = None, descriptors: Any = None, templates: Any = None, *,
@@ -129,4 +131,5 @@ def read_texts(descriptions: Any = None, descriptors: Any = None, templates: Any
     as_templates = isinstance(desc, list)
     if as_templates:
         tmpl, desc = tmpl or desc, None
-    return Texts(desc, dscr, tmpl, as_templates)
+    source = str(descriptions) if isinstance(descriptions, (str, os.PathLike)) else None
+    return Texts(desc, dscr, tmpl, as_templates, source)

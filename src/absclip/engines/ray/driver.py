@@ -18,6 +18,7 @@ from absclip.engines.ray.session import _unwrapped, ray_session
 from absclip.engines.ray.stages import AttentionMaps, EncodeAndScore, decode_images, prepare_text
 from absclip.errors import AbsclipError
 from absclip.io.images import DEFAULT_MAX_PIXELS
+from absclip.io.records import settings_differences
 from absclip.io.shards import OutputDir
 
 log = logging.getLogger(__package__)  # "absclip.engines.ray", the logger of the module before the split
@@ -127,7 +128,8 @@ def run_pipeline(
             runs = set(done_rows.column("run").to_pylist())
             if runs != {run_id}:
                 other = sorted(runs - {run_id})[0]
-                raise AbsclipError(f"{output} was written with different settings (run {other} vs {run_id}); use "
+                changed = settings_differences(out.read_run_spec(), meta["spec"]) or f"run {other} vs {run_id}"
+                raise AbsclipError(f"{output} was written with different settings ({changed}); use "
                                    "another `output` or `overwrite` instead of mixing results.")
         have: dict[str, set[str]] = {}
         for p, m, reason in zip(done_rows.column("path").to_pylist(), done_rows.column("method").to_pylist(),
