@@ -135,7 +135,9 @@ def check_model_weights(model: str, pretrained: str | None, *, weights_dir: str 
     go_offline()
     if hub_model:
         if not repo_cached(model.split(":", 1)[1], weights_dir):
-            raise WeightsUnavailableError(_HINT.format(what=model, where="", flag="`model` local-dir:/path/to/dir"))
+            # a transformers repo is saved with save_pretrained; an open_clip repo keeps its own layout
+            flag = "`model` hf:/path/to/dir" if model.startswith("hf:") else "`model` local-dir:/path/to/dir"
+            raise WeightsUnavailableError(_HINT.format(what=model, where="", flag=flag))
         return True
     what, flag = f"'{pretrained}' {model}", "`pretrained` /path/to/file"
     if not any_repo_cached(weights_dir):
