@@ -170,7 +170,10 @@ class _FakeBackbone:
     class facts:  # noqa: N801
         embed_dim = 4
 
-    def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+    def encode_texts(self, texts: list[str], batch_size: int = 256, *, on_batch=None) -> torch.Tensor:  # noqa: ANN001
+        for i in range(0, len(texts), batch_size):  # the protocol: progress reported per batch
+            if on_batch is not None:
+                on_batch(len(texts[i : i + batch_size]))
         return torch.nn.functional.normalize(torch.ones(len(texts), 4), dim=-1)
 
 

@@ -292,8 +292,13 @@ class Backbone(ABC):
 
     # -- text side -----------------------------------------------------------------------------
     @abstractmethod
-    def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-        """Return normalised text embeddings ``[T, D]`` (fp32, on the CPU); long texts are truncated."""
+    def encode_texts(self, texts: list[str], batch_size: int = 256, *,
+                     on_batch: Callable[[int], Any] | None = None) -> torch.Tensor:
+        """Return normalised text embeddings ``[T, D]`` (fp32, on the CPU); long texts are truncated.
+
+        ``on_batch`` is called with the number of texts after each batch (progress bars). The result
+        never depends on ``batch_size`` or on the order of ``texts`` beyond float rounding.
+        """
 
     def describe(self) -> dict[str, Any]:
         """Return a JSON-able description of the backbone (for results provenance)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -186,13 +187,16 @@ class HFClipBackbone(Backbone):
         return self._project(x[:, 1:]).cpu()
 
     @torch.inference_mode()
-    def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-        """Return normalised text embeddings ``[T, D]`` (fp32, CPU)."""
+    def encode_texts(self, texts: list[str], batch_size: int = 256, *,
+                     on_batch: Callable[[int], Any] | None = None) -> torch.Tensor:
+        """Return normalised text embeddings ``[T, D]`` (fp32, CPU), full context length."""
         out = []
         for i in range(0, len(texts), batch_size):
             ids = self.tokenizer(texts[i : i + batch_size]).to(self.device)
             pooled = self.model.text_model(input_ids=ids).pooler_output
             out.append(F.normalize(self.model.text_projection(pooled).float(), dim=-1).cpu())
+            if on_batch is not None:
+                on_batch(len(ids))
         return torch.cat(out) if out else torch.zeros(0, self.facts.embed_dim)
 
 

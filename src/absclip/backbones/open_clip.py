@@ -18,6 +18,7 @@ import logging
 import os
 import pickle
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 
 def _is_openai_state_dict(sd: dict[str, torch.Tensor]) -> bool:
     return "visual.conv1.weight" in sd and "text_projection" in sd and "token_embedding.weight" in sd
+
+
+#: texts per text-tower call on the CPU when batches are cut at their longest text (see encode_texts)
+CPU_TEXT_BATCH = 32
 
 
 class ClipBackbone(Backbone):
@@ -245,15 +250,69 @@ class ClipBackbone(Backbone):
 
     # -- text side ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def encode_texts(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-        """Return normalised text embeddings ``[T, D]`` (fp32, on the CPU); long texts are truncated."""
-        out = []
-        for i in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(texts[i : i + batch_size]).to(self.device)
-            out.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu())
-        if not out:
+    def encode_texts(self, texts: list[str], batch_size: int = 256, *,
+                     on_batch: Callable[[int], Any] | None = None) -> torch.Tensor:
+        """Return normalised text embeddings ``[T, D]`` (fp32, on the CPU); long texts are truncated.
+
+        Where it is exact (:meth:`text_ends`), texts are encoded in batches sorted by length, each
+        only up to its longest end-of-text position; other towers run the full context.
+        """
+        texts = list(texts)
+        if not texts:
             return torch.zeros(0, self.facts.embed_dim)
-        return torch.cat(out)
+        tokens = self.tokenizer(texts)
+        ends = self.text_ends(tokens)
+        order = torch.argsort(ends, stable=True) if ends is not None else torch.arange(len(texts))
+        if ends is not None and self.device.type == "cpu":
+            # short batches follow the sorted lengths more closely: ViT-B/16's text tower on 453 CuPL
+            # sentences ran 2.4x the full-length speed in batches of 256, 3.6x in 64, 4.1x in 32
+            batch_size = min(batch_size, CPU_TEXT_BATCH)
+        out = torch.empty(len(texts), self.facts.embed_dim)
+        for i in range(0, len(texts), batch_size):
+            idx = order[i : i + batch_size]
+            batch = tokens[idx]
+            if ends is None:
+                emb = self.model.encode_text(batch.to(self.device))
+            else:
+                emb = self._encode_text_prefix(batch[:, : int(ends[idx].max()) + 1].to(self.device))
+            out[idx] = F.normalize(emb.float(), dim=-1).cpu()
+            if on_batch is not None:
+                on_batch(len(idx))
+        return out
+
+    def text_ends(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """Return each text's pooled (end-of-text) position ``[N]``, or None where truncating is not exact.
+
+        A causal text tower that pools the end-of-text token reads nothing after it, so a batch can
+        stop at its longest end-of-text position. Towers without a causal mask (SigLIP-style) or
+        with another pooling read every position: None, the full context is run.
+        """
+        m = self.model
+        if not all(hasattr(m, a) for a in ("token_embedding", "positional_embedding", "transformer", "ln_final")):
+            return None  # a custom text tower (HF or timm text model)
+        if getattr(m, "attn_mask", None) is None:
+            return None
+        pool = getattr(m, "text_pool_type", "argmax")
+        if pool == "argmax":
+            return tokens.argmax(dim=-1)
+        eos = getattr(m, "text_eos_id", None)
+        if pool == "eos" and eos is not None and bool((tokens == eos).any(dim=-1).all()):
+            return (tokens == eos).int().argmax(dim=-1)
+        return None
+
+    def _encode_text_prefix(self, tokens: torch.Tensor) -> torch.Tensor:
+        """open_clip's ``encode_text`` on the first ``L`` positions (``tokens`` ``[B, L]``): the same maths."""
+        from open_clip.transformer import text_global_pool
+
+        m = self.model
+        n = tokens.shape[1]
+        cast = m.transformer.get_cast_dtype()
+        x = m.token_embedding(tokens).to(cast) + m.positional_embedding[:n].to(cast)
+        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask[:n, :n]))
+        x = text_global_pool(x, tokens, m.text_pool_type, eos_token_id=getattr(m, "text_eos_id", None))
+        if m.text_projection is not None:
+            x = m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
+        return x
 
 
 def is_open_clip_config(request: LoadRequest) -> bool:

@@ -85,12 +85,8 @@ class TextEncoder:
         n, step = len(texts), self.batch_size
         if n <= step:
             return self.backbone.encode_texts(list(texts), batch_size=step)
-        out = []
         with progress_bar(None, self.progress, total=n, desc="encoding class texts", unit="text") as bar:
-            for i in range(0, n, step):
-                out.append(self.backbone.encode_texts(list(texts[i : i + step]), batch_size=step))
-                bar.update(len(out[-1]))
-        return torch.cat(out)
+            return self.backbone.encode_texts(list(texts), batch_size=step, on_batch=bar.update)
 
     def encode_bank(self, groups: Sequence[Sequence[str]], max_per_class: int | None = None) -> EncodedBank:
         """Return the padded ``[C, M, D]`` embeddings and ``[C, M]`` mask of per-class text lists."""
