@@ -112,9 +112,10 @@ def test_templates_given_as_descriptions_say_what_they_were_taken_for(caplog: py
 def test_top_zero_is_an_error(capsys: pytest.CaptureFixture) -> None:
     from absclip.cli.main import main
 
-    with pytest.raises(SystemExit) as e:
-        main(["classify", PHOTO, "--classes", "a,b", "--top", "0"])
-    assert e.value.code == 2 and "--top: expected at least 1" in capsys.readouterr().err
+    for command in ("classify", "explain"):
+        with pytest.raises(SystemExit) as e:
+            main([command, PHOTO, "--classes", "a,b", "--top", "0"])
+        assert e.value.code == 2 and "--top: expected at least 1" in capsys.readouterr().err
 
 
 def test_models_without_a_match_is_an_error() -> None:

@@ -6,6 +6,7 @@ resolution, the facts an adapter carries, explicit attention and FLOP estimates.
 
 from __future__ import annotations
 
+import copy
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -236,13 +237,27 @@ class Backbone(ABC):
         """
         return self
 
-    @abstractmethod
     def cast(self, dtype: torch.dtype, *, inplace: bool = False) -> Backbone:
-        """Return this backbone with its weights cast to ``dtype``.
+        """Return this backbone with its weights (``self.model``) cast to ``dtype``.
 
         By default the weights are copied and ``self`` is unchanged; ``inplace=True`` casts
         ``self``'s own weights (no second copy in memory) and returns ``self``.
         """
+        if dtype == self.dtype:
+            return self
+        if inplace:
+            self.model.to(dtype)
+            self.dtype = dtype
+            return self
+        new = copy.copy(self)
+        new.model = copy.deepcopy(self.model).to(dtype)
+        new.dtype = dtype
+        new._after_copy_cast()
+        return new
+
+    def _after_copy_cast(self) -> None:
+        """Rebuild what a copy cast by :meth:`cast` derives from its new weights (nothing by default)."""
+        return None
 
     def tower_flops(self) -> dict[str, float]:
         """Return FLOP building blocks of one image-tower forward (:func:`tower_flops` of ``facts``)."""

@@ -7,7 +7,6 @@ directory saved with ``save_pretrained`` whose ``config.json`` says ``"model_typ
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from collections.abc import Callable
@@ -85,19 +84,6 @@ class HFClipBackbone(Backbone):
     def logit_scale(self) -> float:
         """The model's learned logit scale (exp)."""
         return float(self.model.logit_scale.exp())
-
-    def cast(self, dtype: torch.dtype, *, inplace: bool = False) -> HFClipBackbone:
-        """Return this backbone with its model cast to ``dtype`` (a copy unless ``inplace``)."""
-        if dtype == self.dtype:
-            return self
-        if inplace:
-            self.model.to(dtype)
-            self.dtype = dtype
-            return self
-        new = copy.copy(self)
-        new.model = copy.deepcopy(self.model).to(dtype)
-        new.dtype = dtype
-        return new
 
     @property
     def _layers(self) -> Any:

@@ -122,20 +122,9 @@ class ClipBackbone(Backbone):
         new._fused = None
         return new
 
-    def cast(self, dtype: torch.dtype, *, inplace: bool = False) -> ClipBackbone:
-        """Return this backbone with its model cast to ``dtype`` (a copy unless ``inplace``)."""
-        if dtype == self.dtype:
-            return self
-        if inplace:
-            self.model.to(dtype)
-            self.dtype = dtype
-            return self
-        new = copy.copy(self)
-        new.model = copy.deepcopy(self.model).to(dtype)
-        new.dtype = dtype
-        if self._fused is not None:
-            new._fused = fused_vit(new.model.visual)
-        return new
+    def _after_copy_cast(self) -> None:
+        if self._fused is not None:  # the fused path holds the old weights: build it over the copy's
+            self._fused = fused_vit(self.model.visual)
 
     def _blocks(self) -> Any:
         return self.model.visual.transformer.resblocks

@@ -36,7 +36,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``absclip explain`` to the ``absclip`` parser (model and ABS options from ``common``)."""
-    from absclip.cli.options import EPILOG_MODELS, class_options
+    from absclip.cli.options import EPILOG_MODELS, class_options, positive_int
     from absclip.core.settings import MAP_KINDS
 
     p = sub.add_parser(
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="map shown in panel (a): the attention ABS used, attention rollout of the same attention "
                         "model, or text (patch-description similarity) (default: %(default)s)")
     p.add_argument("--map-class", help="class of the text map (default: the predicted class)")
-    p.add_argument("--top", type=int, default=5, help="classes in the score chart (default: 5)")
+    p.add_argument("--top", type=positive_int, default=5, help="classes in the score chart (default: 5)")
     p.add_argument("--show-classes", type=int, default=3,
                    help="top classes whose descriptions are listed (default: 3)")
     p.add_argument("--show-descriptions", type=int, default=3, help="descriptions listed per class (default: 3)")
