@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from absclip.cli.options import positive_int
 from absclip.errors import AbsclipError
 from absclip.io.files import json_text
 
@@ -29,16 +30,6 @@ offline: export ABSCLIP_DESCRIPTIONS_DIR=/path/to/copy  (laid out as <folder>/<p
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from e
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {v}")
-    return v
-
-
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``describe`` and ``descriptions {list,fetch}`` to the ``absclip`` parser (``common`` is not used)."""
     from absclip.text.describe import DEFAULT_BASE_URL, DEFAULT_MODEL, ChatSettings
@@ -54,7 +45,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     g.add_argument("--classes-file", help="class names: .txt (one per line), .json list, .csv/.tsv with a 'name' "
                                           "column")
     p.add_argument("--out", required=True, help="output JSON {class: [sentences]}; resumed if it exists")
-    p.add_argument("--per-class", type=_positive_int, default=50, help="sentences wanted per class (default: 50)")
+    p.add_argument("--per-class", type=positive_int, default=50, help="sentences wanted per class (default: 50)")
     p.add_argument("--questions", help="question templates with {c} (JSON list or .txt); default: CuPL's five")
     p.add_argument("--system-prompt", help="system message ({c} allowed); 'none' for no system message")
     s = p.add_argument_group("server")
@@ -65,9 +56,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                         "servers)")
     s.add_argument("--temperature", type=float, default=d.temperature, help="sampling temperature (default: "
                                                                             "%(default)s)")
-    s.add_argument("--max-tokens", type=_positive_int, default=d.max_tokens, help="tokens per answer (default: "
+    s.add_argument("--max-tokens", type=positive_int, default=d.max_tokens, help="tokens per answer (default: "
                                                                                   "%(default)s)")
-    s.add_argument("--concurrency", type=_positive_int, default=4, help="classes in flight at once (default: 4)")
+    s.add_argument("--concurrency", type=positive_int, default=4, help="classes in flight at once (default: 4)")
     s.add_argument("--timeout", type=float, default=d.timeout, help="seconds per request (default: %(default)s)")
     s.add_argument("--max-retries", type=int, default=d.max_retries,
                    help="retries per request on 429/5xx/network/malformed answers (default: %(default)s)")
