@@ -175,6 +175,15 @@ class Method:
         """
         raise NotImplementedError
 
+    def image_views(self) -> float:
+        """Return the whole images the image encoder sees per input image (the full image included).
+
+        The cost ``absclip bench`` reports: this many image-tower forwards (``Backbone.tower_flops``)
+        per image. Methods that encode only the full image keep the default 1; methods encoding
+        augmented views or crops override it.
+        """
+        return 1
+
     def prepare(self, inputs: TextInputs, encoder: TextEncoder) -> None:
         """Build and encode the text side once (stored on the method)."""
         raise NotImplementedError

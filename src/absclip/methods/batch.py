@@ -65,6 +65,8 @@ class BatchContext:
     crop_workers: int = 0
     timer: StageTimer = NULL_TIMER
     feature_crops_encoded: int = 0
+    #: whole images the image tower saw (full images and pixel crops; not feature crops): ``absclip bench``
+    images_encoded: int = 0
     #: per-image random draws computed by an earlier stage, by method (``{"abs": [ABSDraws | None, ...]}``)
     draws: dict[str, Sequence[Any]] = field(default_factory=dict)
 
@@ -87,6 +89,7 @@ class BatchContext:
     def full(self) -> torch.Tensor:
         """Normalised full-image embeddings ``[B, D]``."""
         def compute() -> torch.Tensor:
+            self.images_encoded += len(self.items)
             if self.backbone.has_tokens and "tokens" in self._cache:
                 return self.backbone.forward_from(self.tokens, self.feature_layer)
             self.encoder_calls += 1
@@ -120,6 +123,7 @@ class BatchContext:
         for i in range(0, len(crops), self.view_batch):
             self.encoder_calls += 1
             px = torch.stack(list(crops[i : i + self.view_batch]))
+            self.images_encoded += len(px)
             if keep is None:
                 out.append(self.backbone.encode_images(px).cpu())
             else:
@@ -127,24 +131,27 @@ class BatchContext:
         return torch.cat(out)
 
     def encode_crop_jobs(self, jobs: Sequence[tuple[ImageItem, views.Box]],
-                         keep: torch.Tensor | None = None) -> torch.Tensor:
+                         keep: torch.Tensor | None = None, *, size: tuple[int, int] | None = None,
+                         flips: Sequence[bool] | None = None) -> torch.Tensor:
         """Crop, preprocess and encode ``(image, box)`` pairs ``view_batch`` at a time; return ``[N, D]``.
 
         Only one chunk of crops is held in memory at a time. Crop time is recorded under the timer's
         "crop geometry + resize" stage and encoding under "image encoding"; ``keep`` as in
-        :meth:`encode_crops`.
+        :meth:`encode_crops`, ``size`` and ``flips`` as in :meth:`crop_pixels`.
         """
         if not jobs:
             return torch.zeros(0, self.backbone.facts.embed_dim)
         out = []
         for i in range(0, len(jobs), self.view_batch):
             with self.timer("crop geometry + resize"):
-                px = self.crop_pixels(jobs[i : i + self.view_batch])
+                px = self.crop_pixels(jobs[i : i + self.view_batch], size=size,
+                                      flips=None if flips is None else flips[i : i + self.view_batch])
             with self.timer("image encoding"):
                 out.append(self.encode_crops(px, None if keep is None else keep[i : i + self.view_batch]))
         return torch.cat(out)
 
-    def crop_pixels(self, jobs: Sequence[tuple[ImageItem, views.Box]]) -> list[torch.Tensor]:
+    def crop_pixels(self, jobs: Sequence[tuple[ImageItem, views.Box]], *, size: tuple[int, int] | None = None,
+                    flips: Sequence[bool] | None = None) -> list[torch.Tensor]:
         """Return the preprocessed pixel crops ``[3, S, S]`` for ``(image, box)`` pairs, in order.
 
         Each crop is ``PIL.Image.crop(box)`` followed by the model's own preprocessing, exactly as
@@ -152,19 +159,30 @@ class BatchContext:
         the PIL steps run per crop (in a thread pool when ``crop_workers > 0``; PIL releases the
         GIL) and the tensor conversion and normalisation run once for all crops: the same
         element-wise arithmetic, so the pixels are bit-identical, without per-crop tensor ops.
+
+        ``size`` (W, H) replaces the model's PIL steps by a bilinear resize of the crop to exactly that
+        size, and ``flips[i]`` mirrors crop ``i`` left-right after it: torchvision's
+        ``RandomResizedCrop`` + ``RandomHorizontalFlip`` on PIL images, the augmented views of AWT,
+        ZERO and MTA (parameters from :mod:`absclip.core.augment`).
         """
         pre = self.backbone.preprocess
         split = split_preprocess(pre)
         first = split[0] if split is not None else pre
+        flip = list(flips) if flips is not None else [False] * len(jobs)
 
-        def one(job: tuple[ImageItem, views.Box]) -> Any:
-            return first(job[0].image.crop(job[1]))
+        def one(job: tuple[tuple[ImageItem, views.Box], bool]) -> Any:
+            (item, box), mirror = job
+            if size is None:
+                return first(item.image.crop(box))
+            im = resized_view(item.image, box, size, mirror)
+            return im if split is not None else pre(im)  # an opaque transform still runs its tensor steps
 
+        pairs = list(zip(jobs, flip))
         if self.crop_workers > 0 and len(jobs) > 1:
             with ThreadPoolExecutor(self.crop_workers) as pool:
-                outs = list(pool.map(one, jobs))
+                outs = list(pool.map(one, pairs))
         else:
-            outs = [one(j) for j in jobs]
+            outs = [one(j) for j in pairs]
         if split is None or not outs:
             return outs
         arrays = [np.asarray(im, dtype=np.uint8) for im in outs]
@@ -173,6 +191,18 @@ class BatchContext:
         _, mean, std = split
         x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255)
         return list(x.sub_(mean).div_(std))
+
+
+def resized_view(image: Any, box: views.Box, size: tuple[int, int], flip: bool) -> Any:
+    """Return ``image`` cropped to ``box``, resized to ``size`` (W, H) bilinearly and mirrored if ``flip``.
+
+    torchvision's ``RandomResizedCrop`` (bilinear, antialiased: PIL's own resize) followed by
+    ``RandomHorizontalFlip`` on a PIL image, given their parameters.
+    """
+    from PIL import Image
+
+    out = image.crop(box).resize(tuple(size), Image.Resampling.BILINEAR)
+    return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else out
 
 
 def split_preprocess(preprocess: Any) -> tuple[Callable[[Any], Any], torch.Tensor, torch.Tensor] | None:
