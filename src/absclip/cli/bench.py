@@ -13,11 +13,15 @@ examples:
   absclip bench --images ../shared/data/imagenet-sample --limit 5 --model ViT-B-16 --method abs --json
   # bf16 next to fp32, and the fast mode, in one run (ratios from one run are comparable)
   absclip bench --images DIR --method abs,abs-fast --precision fp32,bf16
+  # the cost of the training-free peers next to ABS on the same images (each with its authors' defaults)
+  absclip bench --images DIR --method awt,zero,mta,abs
 
 what is reported, per run (method@precision) and for the naive pipeline:
   images/s, s/image, stage breakdown (decode, attention, crop geometry + resize, image encoding,
   feature crops, scoring), peak RSS, image-encoder GFLOP per image, speedup_vs_naive and the max
-  abs logit difference from the naive fp32 pipeline (same crop draws). Text encoding is measured
+  abs logit difference from the naive fp32 pipeline (same crop draws; abs and abs-fast only; other
+  methods report images/s, stages and image_views_per_image x one image-tower forward as GFLOP/image;
+  the naive pipeline runs only next to abs or abs-fast). Text encoding is measured
   once on --text-sample sentences and reported apart (it is once per run and cached).
   With --json the last stdout line is the report as one JSON object.
 """
@@ -37,6 +41,7 @@ def _precisions(text: str) -> tuple[str, ...]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """absclip bench: run the benchmark and print the report (JSON last with --json)."""
+    from absclip.cli.options import settings_from_args
     from absclip.diagnostics.bench import BenchSettings, run_benchmark
     from absclip.methods import create_method
 
@@ -52,6 +57,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         classes_file=args.classes_file, text_sample=args.text_sample, naive=not args.no_naive, repeat=args.repeat,
         warmup=not args.no_warmup, threads=args.threads,
         abs_config=abs_cfg,
+        method_settings=tuple(x for x in settings_from_args(args) if type(x) is not type(abs_cfg)),
     )
     report = run_benchmark(settings)
     print(format_report(report))
@@ -125,7 +131,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                         "comma-separated to compare in one run. The naive pipeline is always fp32 (default: auto)")
     r = p.add_argument_group("run")
     r.add_argument("--method", default="abs",
-                   help="abs (faithful) and/or abs-fast (fast mode, changes results), comma-separated "
+                   help="registered method(s), comma-separated: abs (faithful), abs-fast (fast mode, changes "
+                        "results), awt, wca, clip... (settings from the method options below, as in eval) "
                         "(default: %(default)s)")
     r.add_argument("--batch-size", type=int, default=4, help="images per batch (default: %(default)s)")
     r.add_argument("--view-batch", type=int, default=None,
@@ -161,6 +168,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     a.add_argument("--feature-layer", type=int, help="block the feature crops enter (default: -1)")
     a.add_argument("--token-keep", type=float,
                    help="fraction of each pixel crop's tokens kept (default: 1 = faithful; abs-fast: at most 0.5)")
+    from absclip.cli.options import add_settings_options
+    from absclip.core.settings import ABSConfig
+
+    add_settings_options(p, skip=(ABSConfig,))  # the other methods' settings, as in eval (ABS has its own above)
     p.add_argument("--json", action="store_true", help="print the report as one JSON object on the last line")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.set_defaults(func=cmd_bench)

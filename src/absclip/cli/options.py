@@ -131,14 +131,17 @@ def _option_kwargs(tp: type, f: dataclasses.Field) -> dict[str, Any]:
     return kw
 
 
-def add_settings_options(p: argparse.ArgumentParser) -> None:
+def add_settings_options(p: argparse.ArgumentParser, skip: Sequence[type] = ()) -> None:
     """Add one option group per settings type of the registered methods, from the fields' metadata.
 
     A flag declared by several types (``--max-descriptions``) is added once and sets all of them.
-    Options default to None ("keep the setting's default").
+    Options default to None ("keep the setting's default"). Types in ``skip`` get no options (a
+    command with its own options for them: ``absclip bench`` and ABS).
     """
     seen: set[str] = set()
     for tp in settings_flags():
+        if tp in skip:
+            continue
         group = None
         for f in dataclasses.fields(tp):
             flag = f.metadata.get("flag")

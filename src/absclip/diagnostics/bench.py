@@ -38,7 +38,7 @@ from absclip.backbones.registry import load_clip
 from absclip.core.sampling import ABSDraws
 from absclip.core.settings import ABSConfig, fast_abs_config
 from absclip.core.timer import StageTimer
-from absclip.diagnostics.flops import abs_image_flops, attention_pass_flops, naive_image_flops
+from absclip.diagnostics.flops import abs_image_flops, attention_pass_flops, naive_image_flops, views_image_flops
 from absclip.diagnostics.naive import naive_abs_logits
 from absclip.diagnostics.timing import peak_rss_mb, reset_peak_rss
 from absclip.errors import AbsclipError
@@ -46,7 +46,7 @@ from absclip.io.images import make_item
 from absclip.io.loader import default_workers, iter_image_batches
 from absclip.io.sources import list_images
 from absclip.methods.abs import ABSMethod
-from absclip.methods.base import get_method_class
+from absclip.methods.base import Method, TextInputs, create_method, get_method_class
 from absclip.methods.batch import BatchContext, default_crop_workers, default_view_batch
 from absclip.text.encoder import EncodedBank, TextEncoder
 
@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 #: stage names, in pipeline order (per-image seconds are reported for each)
 STAGES = ("decode", "attention", "crop geometry + resize", "image encoding", "feature crops", "scoring")
+#: the methods measured by ABS's own path (next to the naive pipeline); every other registered method runs
+#: through its ``logits`` (:func:`_method_run`) with its default settings
 BENCH_METHODS = ("abs", "abs-fast")
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -67,7 +69,8 @@ class BenchSettings:
         model / pretrained / quick_gelu: the CLIP model (``pretrained=None``: random weights).
         attention_model: HF name or directory of the attention ViT, or ``clip``; None builds a
             DINO ViT-B/16 with random weights.
-        methods: ``abs`` (faithful) and/or ``abs-fast`` (fast mode; changes results).
+        methods: registered method names: ``abs`` (faithful) and/or ``abs-fast`` (fast mode; changes results)
+            next to the naive pipeline, any other (``awt``, ``wca``, ``clip``...) with its default settings.
         precisions: compute precisions of the optimised runs (``auto``, ``fp32``, ``bf16``, ``fp16``);
             the naive pipeline is always fp32.
         device: ``cpu``, ``cuda`` or ``auto``.
@@ -84,6 +87,7 @@ class BenchSettings:
             memory and create kernels).
         threads: torch intra-op threads for the whole run (None: torch's default, one per core).
         abs_config: ABS settings of the faithful run (``abs-fast`` derives its own).
+        method_settings: the other methods' settings instances (``AWTConfig(views=8)``); others use defaults.
     """
 
     images: str
@@ -110,6 +114,8 @@ class BenchSettings:
     warmup: bool = True
     threads: int | None = None
     abs_config: ABSConfig = field(default_factory=ABSConfig)
+    #: settings of the other methods (one instance per settings type; missing types: their defaults)
+    method_settings: tuple[Any, ...] = ()
 
 
 # -------------------------------------------------------------------------------------------
@@ -161,6 +167,7 @@ class _RunResult:
     draws: dict[str, tuple[ABSDraws, torch.Tensor]]
     peak_gpu_mb: float | None = None
     cpu_seconds: float = 0.0
+    images_encoded: float = 0.0  # whole images through the image tower, per image (BatchContext.images_encoded)
 
 
 def _merge_runs(parts: Sequence[_RunResult]) -> _RunResult:
@@ -176,7 +183,8 @@ def _merge_runs(parts: Sequence[_RunResult]) -> _RunResult:
     return _RunResult(parts[0].key, parts[0].method, parts[0].precision, torch.cat([p.logits for p in parts]),
                       sum(p.seconds for p in parts), stages, max(p.peak_rss_mb for p in parts),
                       sum(p.feature_views * len(p.logits) for p in parts) / max(1, n), draws,
-                      max(gpu) if gpu else None, sum(p.cpu_seconds for p in parts))
+                      max(gpu) if gpu else None, sum(p.cpu_seconds for p in parts),
+                      sum(p.images_encoded * len(p.logits) for p in parts) / max(1, n))
 
 
 def _naive_run(
@@ -236,9 +244,79 @@ def _optimised_run(
                       feat_views / max(1, len(paths)), draws, gpu, cpu)
 
 
+def _method_run(key: str, method: Method, precision: str, paths: Sequence[str], bb: Backbone,
+                attention: AttentionSource | None, s: BenchSettings) -> _RunResult:
+    """Time any registered method (decoding included) through its own ``logits`` on ``paths``."""
+    timer = StageTimer()
+    logits, encoded = [], 0
+    reset_peak_rss()
+    if bb.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(bb.device)
+    _sync(bb.device)
+    start, cpu = time.perf_counter(), time.process_time()
+    batches = iter_image_batches(paths, s.batch_size, workers=s.workers)
+    while True:
+        with timer("decode"):
+            items = next(batches, None)
+        if items is None:
+            break
+        ctx = BatchContext(items, bb, attention if method.needs_attention else None, feature_layer=method.token_layer,
+                           view_batch=s.view_batch, crop_workers=s.crop_workers, timer=timer)
+        with torch.inference_mode():
+            logits.append(method.logits(ctx, s.seed).float().cpu())
+        encoded += ctx.images_encoded
+    _sync(bb.device)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    gpu = torch.cuda.max_memory_allocated(bb.device) / 2**20 if bb.device.type == "cuda" else None
+    return _RunResult(key, method.name, precision, torch.cat(logits), seconds, dict(timer.seconds), peak_rss_mb(),
+                      0.0, {}, gpu, cpu, encoded / max(1, len(paths)))
+
+
 # -------------------------------------------------------------------------------------------
 # text
 # -------------------------------------------------------------------------------------------
+
+
+class SyntheticTextEncoder(TextEncoder):
+    """A :class:`TextEncoder` whose "embeddings" are random unit vectors, one per distinct text (seeded by it).
+
+    Lets ``absclip bench`` prepare any method's text side at the size of a real bank (``classes`` x
+    ``descriptions_per_class``) without running the text tower: the scoring cost, not the accuracy.
+    """
+
+    def __init__(self, backbone: Backbone, seed: int) -> None:
+        super().__init__(backbone, use_cache=False)
+        self.seed = seed
+
+    def _encode(self, texts: Sequence[str]) -> torch.Tensor:
+        import hashlib
+
+        out = []
+        for t in texts:
+            h = int.from_bytes(hashlib.sha256(f"{self.seed}|{t}".encode()).digest()[:8], "little")
+            out.append(torch.randn(self.backbone.facts.embed_dim, generator=torch.Generator().manual_seed(h)))
+        return F.normalize(torch.stack(out), dim=-1)
+
+
+def _prepared_method(name: str, bb: Backbone, s: BenchSettings) -> Method:
+    """Return method ``name`` (its settings from ``method_settings``) with its text side built from the bench's bank."""
+    from absclip.text.classes import load_classes
+
+    cls = get_method_class(name)
+    method = create_method(name, next((x for x in s.method_settings if type(x) is cls.settings_type), None))
+    if s.descriptions:
+        from absclip.text.sources import read_text_source
+
+        desc = read_text_source(s.descriptions)
+        if not isinstance(desc, dict):
+            raise AbsclipError(f"{s.descriptions} holds templates, not per-class descriptions.")
+        classes = load_classes(classes_file=s.classes_file) if s.classes_file else load_classes(list(desc))
+        method.prepare(TextInputs(classes, descriptions=desc, seed=s.seed), TextEncoder(bb))
+    else:
+        classes = load_classes([f"class {i}" for i in range(s.classes)])
+        desc = {n: [f"a description {j} of {n}." for j in range(s.descriptions_per_class)] for n in classes.names}
+        method.prepare(TextInputs(classes, descriptions=desc, seed=s.seed), SyntheticTextEncoder(bb, s.seed))
+    return method
 
 
 def synthetic_bank(classes: int, per_class: int, dim: int, seed: int) -> EncodedBank:
@@ -302,9 +380,9 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
         AbsclipError: no images, an unknown method or precision, unreadable files.
     """
     for m in s.methods:
-        get_method_class(m)
-        if m not in BENCH_METHODS:
-            raise AbsclipError(f"absclip bench measures {', '.join(BENCH_METHODS)}; got {m!r}.")
+        get_method_class(m)  # unknown names raise with the registered ones listed
+    if not any(m in BENCH_METHODS for m in s.methods):  # the naive pipeline is ABS's reference
+        s = dataclasses.replace(s, naive=False)
     if s.limit < 1 or s.repeat < 1:
         raise AbsclipError("`limit` and `repeat` must be at least 1.")
     paths = [str(p) for p in list_images(s.images)][: s.limit]
@@ -322,7 +400,9 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
 
     base = load_clip(s.model, s.pretrained, device=device, precision="fp32", quick_gelu=s.quick_gelu)
     weights = s.pretrained or "random (built from the model config; speed does not depend on weights)"
-    if s.attention_model is None:
+    if not any(get_method_class(m).needs_attention for m in s.methods):
+        attention = None  # e.g. awt, wca, clip: no attention model to load
+    elif s.attention_model is None:
         attention = random_dino_vitb16(device)
         notes.append("attention model: DINO ViT-B/16 built from its config with random weights "
                      "(pass `attention_model` DIR for real weights)")
@@ -355,11 +435,17 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
         text_info["note"] = ("once per run and cached on disk (absclip.text.encoder.TextEncoder); "
                              "not part of per-image time")
 
+    others = {(m, dt): _prepared_method(m, bb, s) for m in s.methods if m not in BENCH_METHODS
+              for dt, bb in backbones.items()}
     load_peak = peak_rss_mb()
     if s.warmup:
         log.info("warm-up on %s", paths[0])
         for meth in s.methods:
             for dt in dict.fromkeys(dtypes):
+                if meth not in BENCH_METHODS:
+                    _method_run("warmup", others[meth, dt], DTYPE_NAMES[dt], paths[:1], backbones[dt], attention,
+                                dataclasses.replace(s, workers=0))
+                    continue
                 _optimised_run("warmup", meth, DTYPE_NAMES[dt], paths[:1], backbones[dt], attention, cfgs[meth],
                                banks[dt], dataclasses.replace(s, workers=0))
         if s.naive:
@@ -378,6 +464,10 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
             log.info("repeat %d/%d, batch %d/%d", r + 1, s.repeat, ci + 1, len(chunks))
             for meth, dt in keys:
                 key = f"{meth}@{DTYPE_NAMES[dt]}"
+                if meth not in BENCH_METHODS:
+                    parts[key].append(_method_run(key, others[meth, dt], DTYPE_NAMES[dt], chunk, backbones[dt],
+                                                  attention, s))
+                    continue
                 parts[key].append(_optimised_run(key, meth, DTYPE_NAMES[dt], chunk, backbones[dt], attention,
                                                  cfgs[meth], banks[dt], s))
             if s.naive:
@@ -415,8 +505,14 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
     }
     results = []
     for res in runs.values():
-        cfg = cfgs[res.method]
-        f_img = abs_image_flops(base, cfg, res.feature_views, fused=fused) / 1e9
+        if res.method in BENCH_METHODS:
+            cfg = cfgs[res.method]
+            f_img = abs_image_flops(base, cfg, res.feature_views, fused=fused) / 1e9
+            views = cfg.pixel_crops + 1.0
+        else:  # the views the method says it encodes, each one image-tower forward
+            meth = others[res.method, next(iter(backbones))]
+            views = float(meth.image_views())
+            f_img = views_image_flops(base, views, fused=fused) / 1e9
         entry: dict[str, Any] = {
             "method": res.method, "precision": res.precision,
             "images_per_s": n / res.seconds, "seconds_per_image": res.seconds / n,
@@ -426,13 +522,16 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
             "peak_rss_mb": res.peak_rss_mb,
             "feature_crops_encoded_per_image": res.feature_views,
             "image_encoder_gflop_per_image": f_img,
+            "image_views_per_image": views,
             "image_encoder_flops_vs_faithful": flops["abs"]["image_encoder_gflop"] / f_img,
             "image_encoder_flops_vs_naive": flops["naive"]["image_encoder_gflop"] / f_img,
             "changes_results": res.method != "abs" or res.precision != "fp32",
         }
+        if res.method not in BENCH_METHODS:
+            entry["images_encoded_per_image"] = res.images_encoded
         if res.peak_gpu_mb is not None:
             entry["peak_gpu_mb"] = res.peak_gpu_mb
-        if naive is not None and naive_logits is not None:
+        if naive is not None and naive_logits is not None and res.method in BENCH_METHODS:
             diff = (res.logits - naive_logits).abs()
             entry.update({
                 "naive_images_per_s": n / naive["seconds"],
@@ -458,7 +557,7 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
         "cpu_seconds_per_image": primary["cpu_seconds_per_image"],
         "naive_cpu_seconds_per_image": naive["cpu_seconds"] / n if naive else None,
         "cpu_speedup_vs_naive": primary.get("cpu_speedup_vs_naive"),
-        "naive_images_per_s": primary.get("naive_images_per_s"),
+        "naive_images_per_s": n / naive["seconds"] if naive else None,
         "speedup_vs_naive": primary.get("speedup_vs_naive"),
         "max_abs_logit_diff": primary.get("max_abs_logit_diff"),
         "max_abs_logit": float(naive_logits.abs().max()) if naive_logits is not None else None,

@@ -53,6 +53,16 @@ def abs_image_flops(bb: Backbone, cfg: ABSConfig, feature_views: float, *, fused
     return pixel + full + feat
 
 
+def views_image_flops(bb: Backbone, views: float, *, fused: bool) -> float:
+    """Return the CLIP image-tower FLOPs per image of a method that encodes ``views`` whole images per image.
+
+    ``views`` is :meth:`absclip.methods.base.Method.image_views` (the full image included); each is one
+    forward of the tower, CLS-only in the last block when the fused path runs.
+    """
+    cf = clip_tower_flops(bb)
+    return views * (cf["full_cls"] if fused else cf["full"])
+
+
 def naive_image_flops(bb: Backbone, cfg: ABSConfig) -> float:
     """Return the CLIP image-tower FLOPs per image of the naive pipeline (all tokens in every block)."""
     cf = clip_tower_flops(bb)
