@@ -13,7 +13,7 @@ from absclip.diagnostics.bench import SyntheticTextEncoder
 from .conftest import CLIP_CFG, CLIP_WEIGHTS, DINO, GOLDEN_IMAGES
 
 TINY = ["--model", str(CLIP_CFG), "--pretrained", str(CLIP_WEIGHTS), "--classes", "10", "--descriptions-per-class",
-        "3", "--text-sample", "4", "--batch-size", "2", "--json"]
+        "3", "--text-sample", "4", "--batch-size", "2", "--workers", "0", "--json"]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def bench(capsys, *args):
 
 def test_bench_each_method_on_the_same_images(images, capsys):
     rep, text = bench(capsys, "--images", images, *TINY, "--method", "awt,clip,abs", "--attention-model", str(DINO),
-                      "--crops", "4", "--feature-crops", "6", "--awt-views", "5")
+                      "--crops", "4", "--feature-crops", "6", "--awt-views", "5", "--no-warmup")
     runs = {r["method"]: r for r in rep["runs"]}
     assert list(runs) == ["awt", "clip", "abs"] and rep["images"] == 3 and rep["method"] == "awt"
     for name in ("awt@fp32", "clip@fp32", "abs@fp32", "naive@fp32"):
