@@ -51,8 +51,12 @@ def test_bench_each_method_on_the_same_images(images, capsys):
 
 
 def test_bench_without_abs_runs_no_naive_pipeline_and_no_attention(images, capsys):
-    rep, text = bench(capsys, "--images", images, *TINY, "--method", "clip,awt", "--no-warmup", "--awt-views", "2")
-    assert [r["method"] for r in rep["runs"]] == ["clip", "awt"]
+    rep, text = bench(capsys, "--images", images, *TINY, "--method", "clip,awt,wca", "--no-warmup", "--awt-views", "2",
+                      "--wca-crops", "3")
+    assert [r["method"] for r in rep["runs"]] == ["clip", "awt", "wca"]
+    views = {"clip": 1, "awt": 3, "wca": 4}
+    for r in rep["runs"]:  # what each method declares is what it encoded
+        assert r["images_encoded_per_image"] == r["image_views_per_image"] == views[r["method"]]
     assert rep["naive_images_per_s"] is None and "naive@fp32" not in text
     assert rep["attention_model"] == "None"
     assert main(["bench", "--images", images, *TINY, "--method", "awt,nope"]) == 2

@@ -25,6 +25,9 @@ class WCAMethod(Method):
     settings_type = WCAConfig
     settings: WCAConfig
 
+    def image_views(self) -> float:
+        return 1 + self.settings.crops
+
     def prepare(self, inputs: TextInputs, encoder: TextEncoder) -> None:
         self.bank = encoder.encode_bank(inputs.description_texts(), self.settings.max_descriptions)
         self.prompt = encoder.encode([text.fill_template(text.DEFAULT_TEMPLATE, n) for n in inputs.classes.names])
