@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 #: stage names, in pipeline order (per-image seconds are reported for each)
 STAGES = ("decode", "attention", "crop geometry + resize", "image encoding", "feature crops", "scoring")
 #: the methods measured by ABS's own path (next to the naive pipeline); every other registered method runs
-#: through its ``logits`` (:func:`_method_run`) with its default settings
+#: through its ``logits`` (:func:`_method_run`) with its settings from ``BenchSettings.method_settings``
 BENCH_METHODS = ("abs", "abs-fast")
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -70,7 +70,7 @@ class BenchSettings:
         attention_model: HF name or directory of the attention ViT, or ``clip``; None builds a
             DINO ViT-B/16 with random weights.
         methods: registered method names: ``abs`` (faithful) and/or ``abs-fast`` (fast mode; changes results)
-            next to the naive pipeline, any other (``awt``, ``wca``, ``clip``...) with its default settings.
+            next to the naive pipeline, any other (``awt``, ``wca``, ``clip``...) with ``method_settings``.
         precisions: compute precisions of the optimised runs (``auto``, ``fp32``, ``bf16``, ``fp16``);
             the naive pipeline is always fp32.
         device: ``cpu``, ``cuda`` or ``auto``.
@@ -246,7 +246,11 @@ def _optimised_run(
 
 def _method_run(key: str, method: Method, precision: str, paths: Sequence[str], bb: Backbone,
                 attention: AttentionSource | None, s: BenchSettings) -> _RunResult:
-    """Time any registered method (decoding included) through its own ``logits`` on ``paths``."""
+    """Time any registered method (decoding included) through its own ``logits`` on ``paths``.
+
+    The method object is kept across batches, repeats and the warm-up, as in eval: a method with state
+    across images (an online cache) carries it on, which is what its speed in a run is.
+    """
     timer = StageTimer()
     logits, encoded = [], 0
     reset_peak_rss()
@@ -305,12 +309,7 @@ def _prepared_method(name: str, bb: Backbone, s: BenchSettings) -> Method:
     cls = get_method_class(name)
     method = create_method(name, next((x for x in s.method_settings if type(x) is cls.settings_type), None))
     if s.descriptions:
-        from absclip.text.sources import read_text_source
-
-        desc = read_text_source(s.descriptions)
-        if not isinstance(desc, dict):
-            raise AbsclipError(f"{s.descriptions} holds templates, not per-class descriptions.")
-        classes = load_classes(classes_file=s.classes_file) if s.classes_file else load_classes(list(desc))
+        classes, desc = _real_texts(s)
         method.prepare(TextInputs(classes, descriptions=desc, seed=s.seed), TextEncoder(bb))
     else:
         classes = load_classes([f"class {i}" for i in range(s.classes)])
@@ -327,8 +326,8 @@ def synthetic_bank(classes: int, per_class: int, dim: int, seed: int) -> Encoded
     return EncodedBank(emb, mask, f"synthetic:{classes}x{per_class}:{seed}", [])
 
 
-def _real_bank(bb: Backbone, s: BenchSettings, cfg: ABSConfig) -> EncodedBank:
-    from absclip.text.banks import match_bank
+def _real_texts(s: BenchSettings) -> tuple[Any, dict[str, list[str]]]:
+    """Return the class list and the ``{class: [sentences]}`` of ``s.descriptions``."""
     from absclip.text.classes import load_classes
     from absclip.text.sources import read_text_source
 
@@ -336,6 +335,13 @@ def _real_bank(bb: Backbone, s: BenchSettings, cfg: ABSConfig) -> EncodedBank:
     if not isinstance(desc, dict):
         raise AbsclipError(f"{s.descriptions} holds templates, not per-class descriptions.")
     classes = load_classes(classes_file=s.classes_file) if s.classes_file else load_classes(list(desc))
+    return classes, desc
+
+
+def _real_bank(bb: Backbone, s: BenchSettings, cfg: ABSConfig) -> EncodedBank:
+    from absclip.text.banks import match_bank
+
+    classes, desc = _real_texts(s)
     return TextEncoder(bb).encode_bank(match_bank(classes, desc), cfg.max_descriptions)
 
 
