@@ -72,3 +72,30 @@ def test_synthetic_text_encoder_is_seeded_per_text(backbone):
     assert a.shape == (3, backbone.facts.embed_dim) and bool((a[0] == a[2]).all()) and not bool((a[0] == a[1]).all())
     assert bool((SyntheticTextEncoder(backbone, seed=0).encode(["y"])[0] == a[1]).all())
     assert abs(float(a.norm(dim=-1).mean()) - 1) < 1e-5
+
+
+def test_a_new_method_is_measured_by_the_views_it_encodes(images, capsys):
+    """A method registered later (as zero/mta are) needs no bench code; undeclared views are still counted."""
+    import torch
+
+    from absclip.methods.base import Method, register_method, unregister_method
+
+    @register_method("bench-toy")
+    class Toy(Method):
+        """Toy: the full image and two copies of it."""
+
+        def prepare(self, inputs, encoder):
+            self.n = len(inputs.classes)
+
+        def logits(self, ctx, seed):
+            ctx.encode_crops(list(ctx.pixels) * 2)
+            return torch.zeros(len(ctx.items), self.n) + ctx.full.sum(-1, keepdim=True).cpu()
+
+    try:
+        rep, _ = bench(capsys, "--images", images, *TINY, "--method", "bench-toy,clip", "--no-warmup")
+    finally:
+        unregister_method("bench-toy")
+    toy, clip = rep["runs"]
+    assert toy["images_encoded_per_image"] == 3 and toy["image_views_per_image"] == 3
+    assert toy["image_encoder_gflop_per_image"] == pytest.approx(3 * clip["image_encoder_gflop_per_image"])
+    assert any("bench-toy declares 1 image views per image and encoded 3" in n for n in rep["notes"])
