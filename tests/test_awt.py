@@ -192,3 +192,14 @@ def test_eval_clip_and_awt_on_the_golden_tiny_model(tmp_path, capsys):
     recs = [json.loads(x) for x in (tmp_path / "r.predictions.jsonl").read_text().splitlines()]
     assert sum(r["method"] == "awt" for r in recs) == 4
     assert 0 <= by["awt"]["metrics"]["acc1"] <= 1
+
+
+@pytest.mark.parametrize(("w", "h", "scale", "ratio"), [(100, 100, (1.0, 1.0), (2.0, 2.0)), (100, 100, (1.0, 1.0),
+                         (0.5, 0.5)), (120, 90, (1.0, 1.0), (1.0, 1.0)), (400, 40, (1.0, 1.0), (0.75, 4 / 3))])
+def test_centre_crop_fallback_is_torchvisions(w, h, scale, ratio):
+    """When no try fits, torchvision's fallback is deterministic: ours gives the very same box."""
+    from PIL import Image
+    from torchvision.transforms import RandomResizedCrop
+
+    i, j, hh, ww = RandomResizedCrop.get_params(Image.new("RGB", (w, h)), list(scale), list(ratio))
+    assert augment.random_resized_crop_boxes(image_rng(0, "k", "awt"), w, h, 3, scale, ratio) == [(j, i, ww, hh)] * 3
