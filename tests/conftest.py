@@ -65,6 +65,7 @@ SLOW_TESTS = {
     "test_report_renders_in_headless_chromium",
     "test_sigterm_on_the_ray_driver_is_an_interrupt",
     "test_classify_and_eval_end_to_end_batch_size_free",
+    "test_bench_naive_pipeline_agrees_and_counts_flops",
 }
 
 

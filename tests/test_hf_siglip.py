@@ -323,7 +323,8 @@ def test_classify_and_eval_end_to_end_batch_size_free(siglip_dir, tmp_path, caps
         out = tmp_path / f"r{b}.json"
         doc = _cli(capsys, ["eval", "--data", str(listing), *classes, "--methods", "clip,abs", "--output", str(out),
                             "--json", "--no-progress", "--batch-size", str(b), *model])
-        assert doc["images"] == 9
+        assert doc["images"] == 9 and doc["config"]["attention"].startswith("clip-attn:hf-siglip:")
+        assert doc["config"]["methods"]["abs"]["config"]["feature_crops"] == 6
         rows = [json.loads(x) for x in open(json.loads(out.read_text())["predictions"])]
         preds.append(sorted((r["path"], r["method"], r["topk"]) for r in rows))
     assert preds[0] == preds[1] and len(preds[0]) == 18
@@ -346,3 +347,21 @@ def test_siglip2_naflex_runs_at_a_fixed_grid(tmp_path):
     (d / "preprocessor_config.json").write_text(json.dumps(bad))
     with pytest.raises(AbsclipError, match="allows no patches"):
         load_clip(str(d), device="cpu")
+
+
+def test_bench_naive_pipeline_agrees_and_counts_flops(siglip_dir, tmp_path):
+    """absclip bench on SigLIP: the reference-style loop gives the same logits; FLOPs follow the MAP tower."""
+    from absclip import ABSConfig
+    from absclip.diagnostics.bench import BenchSettings, run_benchmark
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for p in PHOTOS[:2]:
+        (imgs / p.name).write_bytes(p.read_bytes())
+    s = BenchSettings(images=str(imgs), limit=2, model=f"hf:{siglip_dir}", attention_model="clip", methods=("abs",),
+                      precisions=("fp32",), device="cpu", batch_size=2, workers=0, crop_workers=0, classes=5,
+                      descriptions_per_class=3, text_sample=4, warmup=False,
+                      abs_config=ABSConfig(pixel_crops=4, feature_crops=6))
+    rep = run_benchmark(s)
+    assert rep["images"] == 2 and rep["max_abs_logit_diff"] <= 1e-4 and rep["naive_topk_mismatches"] == 0
+    assert rep["flops"]["naive"]["image_encoder_gflop"] > rep["flops"]["abs"]["image_encoder_gflop"] > 0

@@ -127,12 +127,16 @@ class HFSiglipBackbone(HFBackbone):
         """Prepend the pooling slot (zeros) to patch tokens ``[B, N, width]``."""
         return torch.cat([x.new_zeros(x.shape[0], 1, x.shape[-1]), x], dim=1)
 
-    def _run_from(self, tokens: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
-        """Run encoder layers ``start .. stop-1`` on the patches of slot-first ``tokens``; return the patches."""
-        x = tokens[:, 1:].to(self.device, self.dtype)
+    def _blocks(self, x: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+        """Run encoder layers ``start .. stop-1`` on patch tokens ``[B, N, width]``."""
+        x = x.to(self.device, self.dtype)
         for blk in self._layers[start:stop]:
             x = self._run(blk, x)
         return x
+
+    def _run_from(self, tokens: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+        """Run encoder layers ``start .. stop-1`` on the patches of slot-first ``tokens``; return the patches."""
+        return self._blocks(tokens[:, 1:], start, stop)
 
     def _probe_qk(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return fp32 ``(q [B, 1, width], k [B, N, width])`` of the MAP head for post-norm ``patches``."""
@@ -167,8 +171,7 @@ class HFSiglipBackbone(HFBackbone):
     @torch.inference_mode()
     def tokens_before(self, pixels: torch.Tensor, layer: int) -> torch.Tensor:
         """Return the tokens entering block ``layer``: ``[B, 1 + rows*cols, width]``, the pooling slot (zeros) first."""
-        x = self._embed(pixels)
-        return self._slot(self._run_from(self._slot(x), 0, self.block_index(layer)))
+        return self._slot(self._blocks(self._embed(pixels), 0, self.block_index(layer)))
 
     @torch.inference_mode()
     def forward_from(self, tokens: torch.Tensor, layer: int) -> torch.Tensor:
