@@ -365,3 +365,22 @@ def test_bench_naive_pipeline_agrees_and_counts_flops(siglip_dir, tmp_path):
     rep = run_benchmark(s)
     assert rep["images"] == 2 and rep["max_abs_logit_diff"] <= 1e-4 and rep["naive_topk_mismatches"] == 0
     assert rep["flops"]["naive"]["image_encoder_gflop"] > rep["flops"]["abs"]["image_encoder_gflop"] > 0
+
+
+def test_rollout_is_the_probe_carried_back_and_text_maps_work(bb):
+    """Rollout over a SigLIP tower: half the probe's attention times the patch rollout of the earlier blocks."""
+    from absclip import ABSConfig, Classifier
+    from absclip.attention.maps import rollout
+    from absclip.diagnostics.explain import explain
+
+    clf = Classifier(bb, attention_model="clip", attention_rollout="mean",
+                     abs_config=ABSConfig(pixel_crops=2, feature_crops=4), use_cache=False)
+    clf.set_classes(CLASSES[:3], descriptions=SUSX)
+    its = items()
+    maps = clf.attention([it.image for it in its])
+    atts, _ = bb.block_attentions(pixels_of(bb, its), -1)
+    expected = 0.5 * atts[-1][:, :, 0, 1:].mean(1).unsqueeze(1) @ rollout([a[:, :, 1:, 1:] for a in atts[:-1]])
+    assert maps.shape == (3, 49) and (maps - expected[:, 0]).abs().max() <= TOL
+    assert maps.sum(-1).sub(0.5).abs().max() <= TOL  # the slot keeps the other half
+    expl = explain(clf, PHOTOS[0], map="text", map_class="tench")
+    assert expl.map.shape == (7, 7) and bool(abs(expl.map).max() <= 1 + 1e-5) and expl.map.std() > 0

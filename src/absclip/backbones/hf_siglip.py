@@ -17,7 +17,8 @@ placeholder the tower never reads, so that feature crops and attention sources w
   post-layernormed output of the block asked for (for the last block: exactly the pooling);
 * :meth:`HFSiglipBackbone.block_attentions`: patch→patch attention of each block; the slot attends
   to itself in every block but the last one returned, whose slot row is that probe attention
-  (so attention rollout is the probe's attention carried back through the earlier blocks);
+  (so attention rollout is half the probe's attention carried back through the earlier blocks'
+  rollout; the slot keeps the other half);
 * patch embeddings: each patch through the head as if the probe attended to it alone (value and
   output projections, then the head's residual MLP).
 
