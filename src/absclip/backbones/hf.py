@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -155,9 +156,9 @@ class HFBackbone(Backbone):
         """Return normalised image embeddings ``[B, D]`` (fp32)."""
         return self.forward_from(self.tokens_before(pixels, 0), 0)
 
+    @abstractmethod
     def _text_features(self, ids: torch.Tensor) -> torch.Tensor:
         """Return the (unnormalised) text embeddings of token ids ``[N, context]``."""
-        raise NotImplementedError
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str], batch_size: int = 256, *,
