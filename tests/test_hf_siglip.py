@@ -133,6 +133,8 @@ def test_geometry_and_scores_come_from_the_checkpoint(bb, ckpt):
     assert bb.facts.grid == (7, 7) and bb.facts.patch_size == (16, 16) and bb.facts.image_size == (112, 112)
     assert (bb.facts.num_blocks, bb.facts.width, bb.facts.embed_dim, bb.facts.heads) == (3, 48, 48, 2)
     assert bb.logit_scale == pytest.approx(10.0, rel=1e-5) and bb.logit_bias == pytest.approx(-2.5)
+    # no class token, squashed resize (where the protocol's facts carry these)
+    assert getattr(bb.facts, "class_token", False) is False and getattr(bb.facts, "resize_mode", "squash") == "squash"
     assert bb.identity.startswith(f"hf-{kind}:") and load_clip(str(ckpt[1]), device="cpu").identity == bb.identity
     f = bb.tower_flops()  # no class token: 49 tokens per block, the MAP head in place of a projection
     assert f["tokens"] == 49 and f["full"] == f["embed"] + 3 * f["block"] + f["proj"] and f["proj"] > 0

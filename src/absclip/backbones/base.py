@@ -226,11 +226,6 @@ class Backbone(ABC):
         """The model's learned logit scale (exp), turning cosine logits into probabilities."""
 
     @property
-    def logit_bias(self) -> float | None:
-        """The model's logit bias for sigmoid (SigLIP-family) probabilities; None for softmax models."""
-        return None
-
-    @property
     def fused_path(self) -> bool:
         """Whether image encoding runs a fused forward whose last block is computed for the CLS token only."""
         return False

@@ -33,6 +33,7 @@ feature windows need one fixed grid. (The hub's fixed-resolution SigLIP2 checkpo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -52,6 +53,10 @@ from absclip.backbones.hf import (
     read_hf_json,
 )
 from absclip.errors import AbsclipError
+
+#: how the tower differs from CLIP's, for the facts that describe it (fields the open_clip tower work of
+#: issue 13 adds to ``BackboneFacts``; passed where the protocol has them)
+TOWER_LAYOUT = {"class_token": False, "resize_mode": "squash"}
 
 #: PIL resampling filters by their integer code (as image processor configs store them)
 _PIL_FILTERS = ("NEAREST", "LANCZOS", "BILINEAR", "BICUBIC", "BOX", "HAMMING")
@@ -102,9 +107,10 @@ class HFSiglipBackbone(HFBackbone):
             raise AbsclipError(f"{name} has no attention-pooling head (vision_use_head is false); absclip needs it.")
         self.kind = model.config.model_type
         patch = int(vcfg.patch_size)
+        layout = {k: v for k, v in TOWER_LAYOUT.items() if k in {f.name for f in dataclasses.fields(BackboneFacts)}}
         facts = BackboneFacts((grid * patch, grid * patch), (patch, patch), (grid, grid), int(vcfg.num_hidden_layers),
                               int(vcfg.hidden_size), int(vcfg.hidden_size), int(vcfg.num_attention_heads),
-                              int(vcfg.intermediate_size))
+                              int(vcfg.intermediate_size), **layout)
         super().__init__(model, preprocess, HFTokenizer(tokenizer, int(tcfg.max_position_embeddings)), facts,
                          name=name, identity=identity, device=device, dtype=dtype)
 
