@@ -64,6 +64,7 @@ SLOW_TESTS = {
     "test_changed_settings_are_refused",
     "test_report_renders_in_headless_chromium",
     "test_sigterm_on_the_ray_driver_is_an_interrupt",
+    "test_batch_size_and_listing_order_do_not_change_results",
 }
 
 

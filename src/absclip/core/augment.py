@@ -14,8 +14,12 @@ not the same stream of numbers.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import numpy as np
+from absclip.errors import AbsclipError
+
+if TYPE_CHECKING:  # the CLI imports method settings (and so this module) to build its parser: no numpy there
+    import numpy as np
 
 #: torchvision's ``RandomResizedCrop`` defaults: area fraction and aspect-ratio ranges
 DEFAULT_SCALE = (0.08, 1.0)
@@ -74,3 +78,14 @@ def pil_box(crop: CropBox) -> tuple[int, int, int, int]:
     """Return the half-open ``(x0, y0, x1, y1)`` box ``PIL.Image.crop`` takes for a ``(left, top, w, h)`` crop."""
     left, top, w, h = crop
     return left, top, left + w, top + h
+
+
+def check_view_settings(views: int, scale: tuple[float, float], ratio: tuple[float, float], flip_p: float) -> None:
+    """Raise :class:`AbsclipError` for view settings that mean nothing: fewer than one view, empty ranges."""
+    if views < 1:
+        raise AbsclipError(f"views must be at least 1 (the original image), got {views}.")
+    if not 0 < scale[0] <= scale[1] <= 1 or not 0 < ratio[0] <= ratio[1]:
+        raise AbsclipError(f"crop scale must satisfy 0 < lo <= hi <= 1 and ratio 0 < lo <= hi; got {scale} and "
+                           f"{ratio}.")
+    if not 0 <= flip_p <= 1:
+        raise AbsclipError(f"flip_p must be in [0, 1], got {flip_p}.")
