@@ -4,7 +4,7 @@ The training-free test-time peers of ABS (AWT, ZERO, MTA) classify the image tog
 torchvision ``RandomResizedCrop`` + ``RandomHorizontalFlip`` views. Here only the *parameters* of
 those views are drawn, from a numpy generator given by the caller (the per-image generator of
 :func:`absclip.core.sampling.image_rng`), so that views never depend on batch size, order or
-workers; cutting the pixels is :meth:`absclip.methods.batch.BatchContext.encode_augmented`.
+workers; cutting the pixels is :meth:`absclip.methods.batch.BatchContext.augmented`.
 
 The crop algorithm is torchvision's ``RandomResizedCrop.get_params`` (10 tries, then the centre
 crop fallback) with numpy float64 draws instead of torch float32 ones: the same distribution,

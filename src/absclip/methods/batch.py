@@ -109,6 +109,73 @@ class BatchContext:
 
         return self._get("attention", compute)
 
+    def augmented(self, seed: int, views_per_image: int, scale: tuple[float, float] = augment.DEFAULT_SCALE,
+                  ratio: tuple[float, float] = augment.DEFAULT_RATIO, flip_p: float = 0.5) -> list[torch.Tensor]:
+        """Return each image's view embeddings ``[1 + n, D]``: the full image, then ``n`` augmented views.
+
+        The views are torchvision ``RandomResizedCrop(S, scale, ratio)`` + ``RandomHorizontalFlip(flip_p)``
+        of the original image (``S`` the encoder's input side), drawn from the image's own generator
+        ``image_rng(seed, key, "augment")`` (:mod:`absclip.core.augment`), so methods asking for the
+        same views (ZERO and MTA: 63) share one encoding per batch.
+        """
+        key = f"augmented:{seed}:{views_per_image}:{tuple(scale)}:{tuple(ratio)}:{flip_p}"
+
+        def compute() -> list[torch.Tensor]:
+            from absclip.core.sampling import image_rng
+
+            jobs, counts = [], []
+            for item in self.items:
+                rng = image_rng(seed, item.key, "augment")
+                crops = augment.random_resized_crop_boxes(rng, *item.size, views_per_image, scale, ratio)
+                flipped = augment.flips(rng, views_per_image, flip_p)
+                jobs += [(item, c, f) for c, f in zip(crops, flipped, strict=True)]
+                counts.append(len(crops))
+            emb = torch.zeros(0, self.backbone.facts.embed_dim)
+            chunks = []
+            for i in range(0, len(jobs), self.view_batch):
+                with self.timer("crop geometry + resize"):
+                    px = self.augmented_pixels(jobs[i : i + self.view_batch])
+                with self.timer("image encoding"):
+                    chunks.append(self.encode_crops(px))
+            if chunks:
+                emb = torch.cat(chunks)
+            full = self.full.cpu()
+            out, off = [], 0
+            for b, n in enumerate(counts):
+                out.append(torch.cat([full[b : b + 1], emb[off : off + n]]))
+                off += n
+            return out
+
+        return self._get(key, compute)
+
+    def augmented_pixels(self, jobs: Sequence[tuple[ImageItem, augment.CropBox, bool]]) -> list[torch.Tensor]:
+        """Return preprocessed augmented views ``[3, S, S]`` for ``(image, (left, top, w, h), flip)`` jobs.
+
+        As torchvision's ``RandomResizedCrop`` + ``RandomHorizontalFlip`` on a PIL image: crop, bilinear
+        resize to ``S`` × ``S``, flip; then the model's tensor conversion and normalisation (its resize
+        and centre crop are no-ops on an ``S`` × ``S`` image and are skipped when they can be split off).
+        """
+        from PIL import Image
+
+        h, w = self.backbone.facts.image_size
+        pre = self.backbone.preprocess
+        split = split_preprocess(pre)
+
+        def one(job: tuple[ImageItem, augment.CropBox, bool]) -> Any:
+            im = job[0].image.crop(augment.pil_box(job[1])).resize((w, h), Image.BILINEAR)
+            return im.transpose(Image.FLIP_LEFT_RIGHT) if job[2] else im
+
+        if self.crop_workers > 0 and len(jobs) > 1:
+            with ThreadPoolExecutor(self.crop_workers) as pool:
+                outs = list(pool.map(one, jobs))
+        else:
+            outs = [one(j) for j in jobs]
+        if split is None:
+            return [pre(im) for im in outs]
+        _, mean, std = split
+        x = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in outs])).permute(0, 3, 1, 2)
+        return list(x.contiguous().to(torch.float32).div(255).sub_(mean).div_(std))
+
     def encode_crops(self, crops: Sequence[torch.Tensor], keep: torch.Tensor | None = None) -> torch.Tensor:
         """Encode preprocessed crops ``[N, 3, S, S]`` in chunks of ``view_batch``; return ``[N, D]``.
 
@@ -144,66 +211,6 @@ class BatchContext:
                 out.append(self.encode_crops(px, None if keep is None else keep[i : i + self.view_batch]))
         return torch.cat(out)
 
-    def augmented(self, seed: int, views_per_image: int, scale: tuple[float, float] = augment.DEFAULT_SCALE,
-                  ratio: tuple[float, float] = augment.DEFAULT_RATIO, flip_p: float = 0.5) -> list[torch.Tensor]:
-        """Return each image's view embeddings ``[1 + n, D]``: the full image, then ``n`` augmented views.
-
-        The views are torchvision ``RandomResizedCrop(S, scale, ratio)`` + ``RandomHorizontalFlip(flip_p)``
-        of the original image (``S`` the encoder's input side), drawn from the image's own generator
-        ``image_rng(seed, key, "augment")`` (:mod:`absclip.core.augment`), so methods asking for the
-        same views (ZERO and MTA: 63) share one encoding per batch.
-        """
-        key = f"augmented:{seed}:{views_per_image}:{tuple(scale)}:{tuple(ratio)}:{flip_p}"
-
-        def compute() -> list[torch.Tensor]:
-            from absclip.core.sampling import image_rng
-
-            jobs, counts = [], []
-            for item in self.items:
-                rng = image_rng(seed, item.key, "augment")
-                crops = augment.random_resized_crop_boxes(rng, *item.size, views_per_image, scale, ratio)
-                flipped = augment.flips(rng, views_per_image, flip_p)
-                jobs += [(item, c, f) for c, f in zip(crops, flipped, strict=True)]
-                counts.append(len(crops))
-            emb = torch.zeros(0, self.backbone.facts.embed_dim)
-            if jobs:
-                emb = torch.cat([self.encode_crops(self.augmented_pixels(jobs[i : i + self.view_batch]))
-                                 for i in range(0, len(jobs), self.view_batch)])
-            full = self.full.cpu()
-            out, off = [], 0
-            for b, n in enumerate(counts):
-                out.append(torch.cat([full[b : b + 1], emb[off : off + n]]))
-                off += n
-            return out
-
-        return self._get(key, compute)
-
-    def augmented_pixels(self, jobs: Sequence[tuple[ImageItem, augment.CropBox, bool]]) -> list[torch.Tensor]:
-        """Return preprocessed augmented views ``[3, S, S]`` for ``(image, (left, top, w, h), flip)`` jobs.
-
-        As torchvision's ``RandomResizedCrop`` + ``RandomHorizontalFlip`` on a PIL image: crop, bilinear
-        resize to ``S`` × ``S``, flip; then the model's tensor conversion and normalisation (its resize
-        and centre crop are no-ops on an ``S`` × ``S`` image and are skipped when they can be split off).
-        """
-        from PIL import Image
-
-        h, w = self.backbone.facts.image_size
-        pre = self.backbone.preprocess
-        split = split_preprocess(pre)
-
-        def one(job: tuple[ImageItem, augment.CropBox, bool]) -> Any:
-            im = job[0].image.crop(augment.pil_box(job[1])).resize((w, h), Image.BILINEAR)
-            return im.transpose(Image.FLIP_LEFT_RIGHT) if job[2] else im
-
-        if self.crop_workers > 0 and len(jobs) > 1:
-            with ThreadPoolExecutor(self.crop_workers) as pool:
-                outs = list(pool.map(one, jobs))
-        else:
-            outs = [one(j) for j in jobs]
-        if split is None:
-            return [pre(im) for im in outs]
-        return normalise_arrays([np.asarray(im, dtype=np.uint8) for im in outs], split[1], split[2])
-
     def crop_pixels(self, jobs: Sequence[tuple[ImageItem, views.Box]]) -> list[torch.Tensor]:
         """Return the preprocessed pixel crops ``[3, S, S]`` for ``(image, box)`` pairs, in order.
 
@@ -230,13 +237,9 @@ class BatchContext:
         arrays = [np.asarray(im, dtype=np.uint8) for im in outs]
         if any(a.shape != arrays[0].shape or a.ndim != 3 for a in arrays):
             return [pre(job[0].image.crop(job[1])) for job in jobs]  # unusual transform output: per crop
-        return normalise_arrays(arrays, split[1], split[2])
-
-
-def normalise_arrays(arrays: Sequence[np.ndarray], mean: torch.Tensor, std: torch.Tensor) -> list[torch.Tensor]:
-    """Return ``[3, H, W]`` tensors of equal-sized ``uint8`` HWC arrays: ``ToTensor`` then ``Normalize``, at once."""
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255)
-    return list(x.sub_(mean).div_(std))
+        _, mean, std = split
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255)
+        return list(x.sub_(mean).div_(std))
 
 
 def split_preprocess(preprocess: Any) -> tuple[Callable[[Any], Any], torch.Tensor, torch.Tensor] | None:

@@ -66,6 +66,10 @@ class MTAMethod(ClipMethod):
     settings_type = MTASettings
     settings: MTASettings
 
+    def image_views(self) -> float:
+        """Whole images the image tower sees per input image: the original and the augmented views."""
+        return self.settings.views
+
     def logits(self, ctx: BatchContext, seed: int) -> torch.Tensor:
         import torch
 

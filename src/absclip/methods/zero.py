@@ -53,6 +53,10 @@ class ZeroMethod(ClipMethod):
     settings_type = ZeroSettings
     settings: ZeroSettings
 
+    def image_views(self) -> float:
+        """Whole images the image tower sees per input image: the original and the augmented views."""
+        return self.settings.views
+
     def logits(self, ctx: BatchContext, seed: int) -> torch.Tensor:
         import torch
 
