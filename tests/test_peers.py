@@ -139,6 +139,25 @@ def test_augmentation_distribution():
     assert augment.random_resized_crop_boxes(np.random.default_rng(1), 3, 500, 1, scale=(1.0, 1.0)) == [(0, 248, 3, 4)]
 
 
+def test_augmented_pixels_are_torchvisions_transform(backbone, golden_items):
+    """Given the parameters, a view's pixels are torchvision's resized crop + flip + the model's normalisation."""
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    from absclip.methods.batch import BatchContext, split_preprocess
+
+    item = golden_items[0]
+    crops = [(10, 20, 200, 150), (0, 0, *item.size), (item.size[0] - 30, 5, 30, 60)]
+    flips = [False, True, True]
+    ours = BatchContext([item], backbone).augmented_pixels([(item, c, f) for c, f in zip(crops, flips)])
+    _, mean, std = split_preprocess(backbone.preprocess)
+    size = list(backbone.facts.image_size)
+    for (left, top, w, h), flip, px in zip(crops, flips, ours):
+        im = TF.resized_crop(item.image, top, left, h, w, size, InterpolationMode.BILINEAR, antialias=True)
+        ref = (TF.to_tensor(TF.hflip(im) if flip else im) - mean) / std
+        assert torch.allclose(px, ref, atol=1e-6)
+
+
 def test_augmented_views_are_per_image_and_share_the_full_image(backbone, golden_items):
     from absclip.methods.batch import BatchContext
 
