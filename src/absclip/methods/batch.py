@@ -141,8 +141,8 @@ class BatchContext:
                 emb = torch.cat(chunks)
             full = self.full.cpu()
             out, off = [], 0
-            for b, n in enumerate(counts):
-                out.append(torch.cat([full[b : b + 1], emb[off : off + n]]))
+            for b, n in enumerate(counts):  # fp32 on the CPU: the methods' maths (voting, MeanShift) is not fp16's
+                out.append(torch.cat([full[b : b + 1].float(), emb[off : off + n].float()]))
                 off += n
             return out
 

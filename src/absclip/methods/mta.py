@@ -78,7 +78,7 @@ class MTAMethod(ClipMethod):
         s = self.settings
         views = ctx.augmented(seed, s.views - 1, s.crop_scale, s.crop_ratio, s.flip_p)
         scale = float(ctx.backbone.logit_scale)
-        modes = [mta_mode(v, v @ self.classifier.T * scale, lambda_y=s.lambda_y, lambda_q=s.lambda_q,
+        modes = [mta_mode(v, v @ self.classifier.float().T * scale, lambda_y=s.lambda_y, lambda_q=s.lambda_q,
                           iterations=s.iterations, inner_iterations=s.iterations, tolerance=s.tolerance,
                           neighbours=s.neighbours, temperature=s.temperature).mode for v in views]
-        return torch.stack(modes) @ self.classifier.T
+        return torch.stack(modes) @ self.classifier.float().T

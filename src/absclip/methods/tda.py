@@ -98,7 +98,7 @@ class TDAMethod(Method):
 
         self.bank = encoder.encode_bank(text.template_bank(inputs.classes, inputs.templates or
                                                            list(self.settings.templates)))
-        self.classifier = scoring.masked_mean_classifier(self.bank.emb, self.bank.mask)
+        self.classifier = scoring.masked_mean_classifier(self.bank.emb, self.bank.mask).float()
         self.reset()
 
     def reset(self) -> None:

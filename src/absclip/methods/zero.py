@@ -65,7 +65,7 @@ class ZeroMethod(ClipMethod):
         s = self.settings
         views = ctx.augmented(seed, s.views - 1, s.crop_scale, s.crop_ratio, s.flip_p)
         scale = float(ctx.backbone.logit_scale)
-        return torch.stack([zero_votes(v @ self.classifier.T, scale, s.keep) for v in views])
+        return torch.stack([zero_votes(v @ self.classifier.float().T, scale, s.keep) for v in views])
 
     def probabilities(self, logits: torch.Tensor, logit_scale: float) -> torch.Tensor:
         # the logits are vote counts: the score is a class's share of the votes
