@@ -64,6 +64,9 @@ SLOW_TESTS = {
     "test_changed_settings_are_refused",
     "test_report_renders_in_headless_chromium",
     "test_sigterm_on_the_ray_driver_is_an_interrupt",
+    "test_classify_and_eval_end_to_end_batch_size_free",
+    "test_bench_naive_pipeline_agrees_and_counts_flops",
+    "test_batch_size_and_listing_order_do_not_change_results",
     "test_bench_each_method_on_the_same_images",
 }
 

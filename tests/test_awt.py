@@ -44,7 +44,7 @@ def test_defaults_are_the_authors(fx):
     assert (cfg.views, cfg.max_descriptions) == (d["views"], d["max_descriptions"]) == (50, 50)
     assert cfg.template.replace("{c}", "{}") == d["template_imagenet"]
     assert list(cfg.crop_scale) == d["crop_scale"] and list(cfg.crop_ratio) == pytest.approx(d["crop_ratio"])
-    assert cfg.flip_probability == d["flip_probability"] and d["crop_interpolation"] == "bilinear"
+    assert cfg.flip_p == d["flip_probability"] and d["crop_interpolation"] == "bilinear"
     assert create_method("awt").image_views() == 51  # the full image and 50 views
 
 
@@ -95,12 +95,11 @@ def test_view_pixels_match_the_authors_augmenter(fx):
 
     norm = T.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
     pre = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(), norm])
-    ctx = BatchContext([], SimpleNamespace(preprocess=pre))
+    ctx = BatchContext([], SimpleNamespace(preprocess=pre, facts=SimpleNamespace(image_size=(224, 224))))
     item = SimpleNamespace(image=Image.fromarray(fx["aug_image"]))
-    jobs = [(item, (x, y, x + w, y + h)) for x, y, w, h in fx["aug_boxes"].tolist()]
     flips = fx["aug_flips"].tolist()
     assert True in flips and False in flips
-    got = torch.stack(ctx.crop_pixels(jobs, size=(224, 224), flips=flips))
+    got = torch.stack(ctx.augmented_pixels([(item, tuple(b), f) for b, f in zip(fx["aug_boxes"].tolist(), flips)]))
     theirs = torch.stack([norm(T.ToTensor()(Image.fromarray(p))) for p in fx["aug_pixels"]])
     assert got.shape == theirs.shape and (got - theirs).abs().max() <= 1e-6
 
@@ -137,7 +136,7 @@ def test_views_come_from_the_image_seeded_sampler():
     meth = create_method("awt", views=7)
     item = make_item(PHOTOS[0])
     boxes, flips = meth.view_params(item, 3)
-    rng = image_rng(3, item.key, "awt")
+    rng = image_rng(3, item.key, "augment")  # BatchContext.augmented's draws (shared with ZERO and MTA)
     assert boxes == augment.random_resized_crop_boxes(rng, *item.size, 7) and flips == augment.flips(rng, 7)
     assert meth.view_params(item, 3) == (boxes, flips)
     assert meth.view_params(item, 4) != (boxes, flips)
@@ -173,6 +172,9 @@ def test_views_are_encoded_and_counted(backbone):
     assert [tuple(e.shape) for e in embs] == [(6, backbone.facts.embed_dim)] * 2
     assert ctx.images_encoded == 2 * meth.image_views() == 12
     assert torch.allclose(embs[0][0], ctx.full[0].cpu().float())
+    boxes, flips = meth.view_params(items[1], 0)  # view 3 of image 1 is that crop and flip, encoded
+    px = ctx.augmented_pixels([(items[1], boxes[2], flips[2])])
+    assert (backbone.encode_images(torch.stack(px))[0].cpu() - embs[1][3]).abs().max() <= 1e-5
     assert torch.allclose(embs[0].norm(dim=-1), torch.ones(6), atol=1e-4)
 
 

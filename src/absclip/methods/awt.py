@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from absclip.core.augment import DEFAULT_RATIO, DEFAULT_SCALE, check_view_settings
 from absclip.core.settings import setting
 from absclip.errors import AbsclipError
 from absclip.methods.base import Method, TextInputs, register_method
@@ -45,7 +46,7 @@ class AWTConfig:
         sinkhorn_threshold: ... stopping when the mean change of the row scaling is below this (1e-2).
         crop_scale: area fraction range of the random resized crops (torchvision's default).
         crop_ratio: aspect-ratio range (w/h) of the crops (torchvision's default).
-        flip_probability: probability of a horizontal flip per view (torchvision's default).
+        flip_p: probability of a horizontal flip per view (torchvision's default).
     """
 
     cli_title: ClassVar[str] = "AWT"
@@ -61,13 +62,14 @@ class AWTConfig:
     epsilon: float = setting(0.1, "--awt-epsilon", "entropic regularisation of awt's transport (default: 0.1)")
     sinkhorn_iterations: int = 100
     sinkhorn_threshold: float = 1e-2
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_probability: float = 0.5
+    crop_scale: tuple[float, float] = DEFAULT_SCALE
+    crop_ratio: tuple[float, float] = DEFAULT_RATIO
+    flip_p: float = 0.5
 
     def __post_init__(self) -> None:
         if self.views < 0:
             raise AbsclipError(f"views must be >= 0, got {self.views}.")
+        check_view_settings(self.views + 1, self.crop_scale, self.crop_ratio, self.flip_p)  # + the full image
         if self.max_descriptions < 1:
             raise AbsclipError(f"max_descriptions must be at least 1, got {self.max_descriptions}.")
         if not is_template(self.template):
@@ -76,13 +78,6 @@ class AWTConfig:
             raise AbsclipError("image_temperature, text_temperature and epsilon must be positive.")
         if self.sinkhorn_iterations < 1:
             raise AbsclipError(f"sinkhorn_iterations must be at least 1, got {self.sinkhorn_iterations}.")
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise AbsclipError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got ({lo}, {hi}).")
-        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            raise AbsclipError(f"crop_ratio must satisfy 0 < lo <= hi, got {self.crop_ratio}.")
-        if not 0 <= self.flip_probability <= 1:
-            raise AbsclipError(f"flip_probability must be in [0, 1], got {self.flip_probability}.")
 
 
 def awt_texts(names: Sequence[str], template: str, descriptions: Sequence[Sequence[str]] | None,
@@ -207,34 +202,27 @@ class AWTMethod(Method):
                                                   s.max_descriptions))
 
     def view_params(self, item: ImageItem, seed: int) -> tuple[list[tuple[int, int, int, int]], list[bool]]:
-        """Return one image's augmented views: crop boxes ``(left, top, w, h)`` and flips (its own generator)."""
+        """Return one image's augmented views: crop boxes ``(left, top, w, h)`` and flips.
+
+        The draws of :meth:`absclip.methods.batch.BatchContext.augmented` (the image's own generator,
+        shared with ZERO and MTA).
+        """
         from absclip.core import augment
         from absclip.core.sampling import image_rng
 
         s = self.settings
-        rng = image_rng(seed, item.key, "awt")
+        rng = image_rng(seed, item.key, "augment")
         boxes = augment.random_resized_crop_boxes(rng, *item.size, s.views, s.crop_scale, s.crop_ratio)
-        return boxes, augment.flips(rng, s.views, s.flip_probability)
+        return boxes, augment.flips(rng, s.views, s.flip_p)
 
     def view_embeddings(self, ctx: BatchContext, seed: int) -> list[torch.Tensor]:
-        """Return each image's view embeddings ``[1 + views, D]``: the full image, then the augmented views.
+        """Return each image's view embeddings ``[1 + views, D]`` (fp32, CPU): the full image, then the views.
 
         The full image is the model's own preprocessing (the authors' resize + centre crop); each
         view is a random resized crop to the model's input size (bilinear), then a random flip.
         """
-        import torch
-
-        jobs, flips = [], []
-        for item in ctx.items:
-            boxes, fl = self.view_params(item, seed)
-            jobs += [(item, (x, y, x + w, y + h)) for x, y, w, h in boxes]
-            flips += fl
-        h, w = ctx.backbone.facts.image_size
-        emb = ctx.encode_crop_jobs(jobs, size=(w, h), flips=flips)
-        with ctx.timer("image encoding"):
-            full = ctx.full.float().cpu()
-        n = self.settings.views
-        return [torch.cat([full[b : b + 1], emb[b * n : (b + 1) * n].float()]) for b in range(len(ctx.items))]
+        s = self.settings
+        return ctx.augmented(seed, s.views, s.crop_scale, s.crop_ratio, s.flip_p)
 
     def logits(self, ctx: BatchContext, seed: int) -> torch.Tensor:
         import torch
