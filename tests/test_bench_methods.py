@@ -53,11 +53,12 @@ def test_bench_each_method_on_the_same_images(images, capsys):
 def test_bench_without_abs_runs_no_naive_pipeline_and_no_attention(images, capsys, tmp_path):
     desc = tmp_path / "d.json"  # a real description file: the methods' own text side, encoded by the model
     desc.write_text(json.dumps({"cat": ["it purrs."], "coffee": ["a cup.", "hot."], "rocket": ["flames."]}))
-    rep, text = bench(capsys, "--images", images, *TINY, "--method", "clip,awt,wca", "--no-warmup", "--awt-views", "2",
-                      "--wca-crops", "3", "--descriptions", str(desc))
+    methods = ["clip", "awt", "wca", "zero", "mta", "tda"]
+    rep, text = bench(capsys, "--images", images, *TINY, "--method", ",".join(methods), "--no-warmup", "--awt-views",
+                      "2", "--wca-crops", "3", "--zero-views", "4", "--mta-views", "5", "--descriptions", str(desc))
     assert rep["text"]["classes"] == 3
-    assert [r["method"] for r in rep["runs"]] == ["clip", "awt", "wca"]
-    views = {"clip": 1, "awt": 3, "wca": 4}
+    assert [r["method"] for r in rep["runs"]] == methods
+    views = {"clip": 1, "awt": 3, "wca": 4, "zero": 4, "mta": 5, "tda": 1}
     for r in rep["runs"]:  # what each method declares is what it encoded
         assert r["images_encoded_per_image"] == r["image_views_per_image"] == views[r["method"]]
     assert rep["naive_images_per_s"] is None and "naive@fp32" not in text

@@ -248,8 +248,8 @@ def _method_run(key: str, method: Method, precision: str, paths: Sequence[str], 
                 attention: AttentionSource | None, s: BenchSettings) -> _RunResult:
     """Time any registered method (decoding included) through its own ``logits`` on ``paths``.
 
-    The method object is kept across batches, repeats and the warm-up, as in eval: a method with state
-    across images (an online cache) carries it on, which is what its speed in a run is.
+    The method object is kept across the batches of a repeat, as in eval: a method with state across
+    images (TDA's caches) carries it on, which is what its speed in a run is; each repeat starts anew.
     """
     timer = StageTimer()
     logits, encoded = [], 0
@@ -466,6 +466,8 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
         # interleave at batch granularity: every pipeline sees the same machine load
         parts: dict[str, list[_RunResult]] = {f"{m}@{DTYPE_NAMES[dt]}": [] for m, dt in keys}
         naive_parts: list[dict[str, Any]] = []
+        for m in others.values():  # a stateful (online) method starts each repeat from an empty stream
+            m.reset()
         for ci, chunk in enumerate(chunks):
             log.info("repeat %d/%d, batch %d/%d", r + 1, s.repeat, ci + 1, len(chunks))
             for meth, dt in keys:
