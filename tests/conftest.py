@@ -64,6 +64,8 @@ SLOW_TESTS = {
     "test_changed_settings_are_refused",
     "test_report_renders_in_headless_chromium",
     "test_sigterm_on_the_ray_driver_is_an_interrupt",
+    "test_classify_abs_with_feature_crops_does_not_depend_on_batch_size",
+    "test_conv_tower_runs_pixel_crops_and_refuses_token_parts_in_one_sentence",
 }
 
 
