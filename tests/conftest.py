@@ -66,6 +66,7 @@ SLOW_TESTS = {
     "test_sigterm_on_the_ray_driver_is_an_interrupt",
     "test_classify_abs_with_feature_crops_does_not_depend_on_batch_size",
     "test_conv_tower_runs_pixel_crops_and_refuses_token_parts_in_one_sentence",
+    "test_bench_runs_on_timm_families",
 }
 
 

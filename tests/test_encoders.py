@@ -385,3 +385,47 @@ def test_models_listing_shows_the_family_and_its_abs_parts(capsys):
     (row,) = json.loads(capsys.readouterr().out)
     assert row["supports"] == {"pixel_crops": True, "feature_crops": False, "clip_attention": False,
                                "rollout": False, "text_maps": False}
+
+
+def test_eva_feature_crop_gets_the_full_grids_rotary_positions(backbones):
+    # a resized window fills the grid: its token (r, c) is rotated as grid cell (r, c), as the model does
+    # for any full-size input (documented in absclip.backbones.eva)
+    bb = backbones["eva"]
+    trunk = bb.model.visual.trunk
+    tokens = bb.tokens_before(_pixels(bb, 1), 1)
+    seqs = batched_feature_crop_tokens(tokens, [(0, (1, 4, 0, 3))], bb.facts.grid)  # a 3x3 window -> 4x4
+    x = seqs
+    for blk in trunk.blocks[1:]:
+        x = blk(x, rope=trunk.rope.get_embed())  # the full 4x4 grid's positions
+    ref = F.normalize(bb.model.visual.head(trunk.forward_head(trunk.norm(x))).float(), dim=-1)
+    assert torch.allclose(bb.forward_from(seqs, 1), ref, atol=1e-5, rtol=0)
+
+
+def test_resize_mode_comes_from_the_models_preprocess_cfg(backbones):
+    from absclip.backbones.open_clip import resize_mode
+
+    model = backbones["siglip"].model
+    saved = getattr(model.visual, "preprocess_cfg", None)
+    try:
+        model.visual.preprocess_cfg = {"resize_mode": "squash", "mean": (0.5,) * 3, "std": (0.5,) * 3}
+        assert resize_mode(model) == "squash"
+        model.visual.preprocess_cfg = {"resize_mode": "shortest"}
+        assert resize_mode(model) == "shortest"
+    finally:
+        model.visual.preprocess_cfg = saved
+
+
+@pytest.mark.parametrize("family", ["siglip", "eva"])
+def test_bench_runs_on_timm_families(models, tmp_path, capsys, family):
+    import shutil
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for p in PHOTOS[:2]:
+        shutil.copy(p, imgs / p.name)
+    cfg, weights = models[family]
+    assert main(["bench", "--images", str(imgs), "--model", cfg, "--pretrained", weights, "--attention-model", "clip",
+                 "--crops", "2", "--feature-crops", "3", "--classes", "5", "--descriptions-per-class", "2",
+                 "--text-sample", "2", "--device", "cpu", "--precision", "fp32", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rep["images"] == 2 and rep["max_abs_logit_diff"] <= 1e-4 and rep["flops"]
