@@ -42,12 +42,17 @@ def timm_trunk(visual: torch.nn.Module) -> Any:
 def plain_token_tower(trunk: Any) -> bool:
     """Whether a timm ViT-like trunk has the layout this adapter runs piecewise.
 
-    Fixed input size, at most one prefix token (class token; registers are not supported), no
-    patch dropout, pre-norm blocks.
+    Plain patch embedding (hybrid towers such as ViTamin embed with a convolutional stem: pixel
+    crops only), fixed input size, at most one prefix token (class token; registers are not
+    supported), no patch dropout, pre-norm blocks.
     """
+    from timm.layers import PatchEmbed
+
     blocks = getattr(trunk, "blocks", None)
     return (
-        blocks is not None
+        isinstance(getattr(trunk, "patch_embed", None), PatchEmbed)
+        and type(trunk.patch_embed).__name__ == "PatchEmbed"
+        and blocks is not None
         and len(blocks) > 0
         and getattr(trunk, "num_prefix_tokens", 2) <= 1
         and not getattr(trunk, "dynamic_img_size", False)
