@@ -67,6 +67,8 @@ SLOW_TESTS = {
     "test_classify_abs_with_feature_crops_does_not_depend_on_batch_size",
     "test_conv_tower_runs_pixel_crops_and_refuses_token_parts_in_one_sentence",
     "test_bench_runs_on_timm_families",
+    "test_classify_and_eval_end_to_end_batch_size_free",
+    "test_bench_naive_pipeline_agrees_and_counts_flops",
 }
 
 

@@ -20,7 +20,7 @@ from absclip import load_clip
 from absclip.cli.main import main
 from absclip.core import views
 from absclip.core.geometry import batched_feature_crop_tokens
-from absclip.errors import AbsclipError, WeightsUnavailableError
+from absclip.errors import WeightsUnavailableError
 
 from .conftest import CLIP_CFG, CLIP_WEIGHTS, DATA, DINO
 
@@ -293,14 +293,14 @@ def test_non_causal_text_tower_is_encoded_at_full_length(backbones, monkeypatch)
     assert backbones["native"].text_ends(backbones["native"].tokenizer(texts)) is not None  # causal: fast path
 
 
-@pytest.mark.parametrize("family", ["eva", "pe"])
-def test_rollout_and_text_maps_on_class_token_towers(backbones, family):
+@pytest.mark.parametrize("family", TIMM_FAMILIES)
+def test_rollout_and_text_maps_on_timm_towers(backbones, family):
     from absclip.attention.layered import ClipLayeredAttention
 
     bb = backbones[family]
     atts, outs = bb.block_attentions(_pixels(bb), -1)
-    assert len(atts) == 3 and atts[-1].shape == (2, 4, 17, 17)
-    assert torch.allclose(atts[-1].sum(-1), torch.ones(2, 4, 17), atol=1e-5)
+    assert len(atts) == 3 and atts[-1].shape == (2, 4, 17, 17) and outs[-1].shape == (2, 17, 64)
+    assert torch.allclose(atts[-1].sum(-1), torch.ones(2, 4, 17), atol=1e-5)  # the slot row too (SigLIP)
     roll = ClipLayeredAttention(bb, rollout="mean").heads([Image.open(p).convert("RGB") for p in PHOTOS[:2]])
     assert roll.shape == (2, 1, 16) and bool((roll >= 0).all())
     patches = bb.patch_embeddings(bb.tokens_before(_pixels(bb), -1), -1)
@@ -320,8 +320,12 @@ def test_siglip_text_map_is_the_probe_attending_to_one_patch(backbones):
     pooled = trunk.attn_pool(x, attn_mask=mask)
     ref = F.normalize(bb.model.visual.head(trunk.head(trunk.fc_norm(pooled))).float(), dim=-1)
     assert torch.allclose(patches[0, 5], ref[0], atol=1e-5, rtol=0)
-    with pytest.raises(AbsclipError, match="need a class token"):
-        bb.block_attentions(_pixels(bb, 1))
+    # rollout: the probe in the CLS slot of the last block, [1, 0, ...] before it; patches never attend to the slot
+    atts, outs = bb.block_attentions(_pixels(bb, 1))
+    assert [a.shape for a in atts] == [(1, 4, 17, 17)] * 3 and outs[-1].shape == (1, 17, 64)
+    assert torch.allclose(atts[-1][:, :, 0, 1:], bb.cls_attention(tokens, -1), atol=1e-5, rtol=0)
+    assert bool((atts[0][:, :, 0, 0] == 1).all()) and bool((atts[-1][:, :, 1:, 0] == 0).all())
+    assert torch.allclose(atts[1].sum(-1), torch.ones(1, 4, 17), atol=1e-5)
 
 
 def test_conv_tower_runs_pixel_crops_and_refuses_token_parts_in_one_sentence(models, capsys):

@@ -64,6 +64,24 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tenso
     return torch.softmax(qh @ kh.transpose(-1, -2) / dh**0.5, dim=-1)
 
 
+def probe_in_slot(attention: torch.Tensor, probe: torch.Tensor | None) -> torch.Tensor:
+    """Return a block's patch attention ``[B, h, N, N]`` with a CLS slot in front: ``[B, h, 1 + N, 1 + N]``.
+
+    For towers without a class token that pool with an attention probe: nothing attends to the
+    slot; its row is the probe's attention over the patches ``[B, h or 1, N]`` where given (the
+    last block of a rollout), else ``[1, 0, ...]`` (the slot keeps to itself), so that rollout's
+    CLS row carries the probe back through the patch attention.
+    """
+    b, heads, n, _ = attention.shape
+    out = attention.new_zeros(b, heads, 1 + n, 1 + n)
+    out[:, :, 1:, 1:] = attention
+    if probe is None:
+        out[:, :, 0, 0] = 1.0
+    else:
+        out[:, :, 0, 1:] = probe.mean(1, keepdim=True) if probe.shape[1] != heads else probe
+    return out
+
+
 @dataclass(frozen=True)
 class LoadRequest:
     """What :func:`absclip.backbones.registry.load_clip` was asked to load, device and dtype resolved.

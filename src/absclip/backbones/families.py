@@ -15,7 +15,7 @@ _ALL = dict.fromkeys(PARTS, True)
 #: family -> {part: supported}
 FAMILIES: dict[str, dict[str, bool]] = {
     "open_clip ViT": _ALL,
-    "timm ViT (MAP)": {**_ALL, "rollout": False},  # no class token: rollout and sinks need its row
+    "timm ViT (MAP)": _ALL,  # no class token: the probe takes the CLS slot for rollout
     "timm ViT": _ALL,
     "timm Eva": _ALL,
     "timm Eva (MAP)": _ALL,

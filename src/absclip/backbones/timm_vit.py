@@ -15,7 +15,9 @@ text maps work as for open_clip's own ViT:
   recomputed explicitly as ``softmax(q k^T * scale)`` from the modules' weights.
 * **Text maps** send each patch token alone through the pooling head (for MAP: the pooled output
   if the probe attended to that patch only), then the projection.
-* **Rollout and sink suppression** need a class token (the CLS row of every block).
+* **Rollout and sink suppression** use the CLS row of every block; towers without a class token put
+  the pooling probe in that slot (its attention over the last block's output), as the HF SigLIP
+  adapter does, so that rollout carries the probe back through the patch attention.
 
 The Eva tower (rotary position embeddings) is :mod:`absclip.backbones.eva`, a subclass."""
 
@@ -26,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from absclip.backbones.base import BackboneFacts, TowerRow
+from absclip.backbones.base import BackboneFacts, TowerRow, probe_in_slot
 from absclip.backbones.open_clip import ClipBackbone, joint_dim, resize_mode
 from absclip.errors import AbsclipError
 
@@ -233,18 +235,28 @@ class TimmViTBackbone(ClipBackbone):
 
     @torch.inference_mode()
     def block_attentions(self, pixels: torch.Tensor, last: int = -1) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Return ``(attentions, outputs)`` of blocks ``0 .. last`` (:meth:`Backbone.block_attentions`); needs a CLS."""
+        """Return ``(attentions, outputs)`` of blocks ``0 .. last`` (:meth:`Backbone.block_attentions`).
+
+        Towers without a class token put the pooling probe in the CLS slot (as the HF SigLIP adapter):
+        patch rows are the block's self-attention (nothing attends to the slot); the slot row is
+        ``[1, 0, ...]`` except in block ``last``, where it is the probe's attention over that block's
+        output, so that rollout carries the probe back through the patch attention.
+        """
         self.require_tokens("CLIP attention maps")
-        if not self._prefix:
-            raise AbsclipError(f"Attention rollout and sink suppression need a class token; {self.name} pools "
-                               "with an attention probe (leave out `rollout` and `sink_threshold`).")
+        probe = getattr(self._trunk, "attn_pool", None)
+        if not self._prefix and probe is None:
+            raise AbsclipError(f"Attention rollout and sink suppression need a class token or an attention pooling "
+                               f"probe; {self.name} has neither (leave out `rollout` and `sink_threshold`).")
         idx = self.block_index(last)
         x = self._embed(pixels)
         attentions, outputs = [], []
         for i in range(idx + 1):
-            attentions.append(self._block_probs(i, x).cpu())
+            att = self._block_probs(i, x).cpu()
             x = self._run_blocks(x, i, i + 1)
-            outputs.append(x.float().cpu())
+            if not self._prefix:
+                att = probe_in_slot(att, self._probe_probs(x).cpu() if i == idx else None)
+            attentions.append(att)
+            outputs.append(self._slot(x).float().cpu())
         return attentions, outputs
 
     @torch.inference_mode()
