@@ -22,8 +22,6 @@ from absclip.backbones.timm_vit import TimmViTBackbone, plain_token_tower, timm_
 class EvaBackbone(TimmViTBackbone):
     """An open_clip model with a timm ``Eva`` image tower (see the module docstring)."""
 
-    family = "timm Eva"
-
     def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
         trunk = self._trunk
         x, _ = trunk._pos_embed(trunk.patch_embed(pixels.to(self.device, self.dtype)))  # rope: see _rope

@@ -75,8 +75,6 @@ def mlp_width(block: torch.nn.Module, width: int) -> int:
 class TimmViTBackbone(ClipBackbone):
     """An open_clip model with a timm ``VisionTransformer`` image tower (see the module docstring)."""
 
-    family = "timm ViT"
-
     def __init__(self, model: torch.nn.Module, preprocess: Any, tokenizer: Any, **kwargs: Any) -> None:
         super().__init__(model, preprocess, tokenizer, **kwargs)  # no fused path, no tokens yet
         trunk = self._trunk
