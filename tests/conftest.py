@@ -69,6 +69,7 @@ SLOW_TESTS = {
     "test_bench_runs_on_timm_families",
     "test_classify_and_eval_end_to_end_batch_size_free",
     "test_bench_naive_pipeline_agrees_and_counts_flops",
+    "test_batch_size_and_listing_order_do_not_change_results",
 }
 
 

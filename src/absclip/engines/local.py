@@ -8,6 +8,7 @@ run whose settings differ from the file's is refused rather than mixed."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -54,13 +55,35 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+#: how the local engine orders the stream of a run with a stateful method (recorded in its run spec)
+STREAM_ORDER = "images sorted by sha256(seed, image identity)"
+
+
+def stream_order(samples: Sequence[Sample], seed: int) -> list[Sample]:
+    """Return ``samples`` in the one seeded order of an online (stateful) method's stream.
+
+    A shuffle that depends only on the seed and each image's identity (its path or URI), not on the
+    listing order, batch size or resumption: the same images and seed give the same stream.
+    """
+    def rank(s: Sample) -> bytes:
+        return hashlib.sha256(f"{int(seed)}\x00{sample_identity(s.path)}".encode()).digest()
+
+    return sorted(samples, key=rank)
+
+
+def stateful_methods(clf: Classifier, methods: Sequence[str]) -> list[str]:
+    """Return the methods among ``methods`` whose predictions depend on the order of the images."""
+    return [m for m in methods if clf.method(m).stateful]
+
+
 def run_spec(clf: Classifier, methods: Sequence[str], top: int) -> dict[str, Any]:
     """Return everything that changes the predictions of ``methods`` (hashed by :func:`run_id_for`).
 
-    Prepares the methods (encodes their texts) if that has not happened yet.
+    Prepares the methods (encodes their texts) if that has not happened yet. A run with a stateful
+    method also records the order its stream is processed in (``stream``).
     """
     prepared = {m: clf.method(m) for m in methods}
-    return {
+    spec = {
         "backbone": clf.backbone.identity,
         "attention": clf.attention.identity if any(prepared[m].needs_attention for m in methods) else None,
         "methods": {m: {"config": prepared[m].config(), "bank": prepared[m].bank_digest} for m in methods},
@@ -69,6 +92,10 @@ def run_spec(clf: Classifier, methods: Sequence[str], top: int) -> dict[str, Any
         "top": top,
         "dtype": str(clf.backbone.dtype),
     }
+    stateful = stateful_methods(clf, methods)
+    if stateful:
+        spec["stream"] = {"methods": stateful, "order": STREAM_ORDER, "seed": clf.seed}
+    return spec
 
 
 def predict_batch(
@@ -153,7 +180,15 @@ def predict_records(
     for s in samples:
         first.setdefault(sample_identity(s.path), s)
     unique = list(first.values())
+    stateful = stateful_methods(clf, methods)
+    if stateful:  # one stream in one recorded order, from empty state
+        unique = stream_order(unique, clf.seed)
     todo = [s for s in unique if not all((sample_identity(s.path), m) in writer.done for m in methods)]
+    if todo and any((sample_identity(s.path), m) in writer.done for s in unique for m in stateful):
+        raise AbsclipError(f"Method {stateful[0]!r} learns from every earlier image, so an interrupted run cannot "
+                           "be resumed: run it again with `overwrite`.")
+    for m in stateful:
+        clf.method(m).reset()
     if len(todo) < len(unique):
         log.warning("Resuming: %d of %d images already done in %s.", len(unique) - len(todo), len(unique),
                     getattr(writer, "path", "the output"))
