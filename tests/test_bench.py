@@ -248,6 +248,7 @@ def test_bench_cli_json_smoke(tmp_path, capsys):
     assert rep["images_per_s"] > 0 and rep["speedup_vs_naive"] > 0 and rep["peak_rss_mb"] > 0
     fast = next(r for r in rep["runs"] if r["method"] == "abs-fast")
     assert fast["changes_results"] and fast["image_encoder_flops_vs_faithful"] > 1
+    assert rep["activation"] == "quick_gelu" and "MLP activation: quick_gelu (fused: True)" in text
 
 
 def test_attention_fast_path_matches_eager_maps(dino, golden_items, golden):
