@@ -144,7 +144,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                     "process on the same images with the same crop draws (see docs/benchmarks.md).",
         epilog=EPILOG,
     )
-    p.add_argument("--images", metavar="DIR", help="directory of images (recursive, sorted); required but with --text")
+    p.add_argument("--images", metavar="DIR", help="directory of images (recursive, sorted); required unless --text")
     p.add_argument("--limit", type=int, default=5, help="use the first N images (default: %(default)s)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="ViT-B-16", help="open_clip model name or config (default: %(default)s)")
