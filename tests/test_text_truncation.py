@@ -13,7 +13,10 @@ import json
 import torch
 import torch.nn.functional as F
 
-from .conftest import DATA
+from absclip.cli.main import main
+from absclip.diagnostics.bench import bench_quick_gelu
+
+from .conftest import CLIP_CFG, CLIP_WEIGHTS, DATA
 
 SUSX = DATA / "descriptions" / "susx_cupl" / "gpt3_prompts" / "CuPL_prompts_imagenet.json"
 
@@ -71,10 +74,6 @@ def test_a_tower_without_causal_mask_keeps_the_full_context(backbone, monkeypatc
 
 def test_bench_text_reports_both_paths(capsys):
     """``absclip bench --text``: naive full length against absclip's path, same sentences, one run."""
-    from absclip.cli.main import main
-
-    from .conftest import CLIP_CFG, CLIP_WEIGHTS
-
     code = main(["bench", "--text", "--model", str(CLIP_CFG), "--pretrained", str(CLIP_WEIGHTS),
                  "--descriptions-dir", str(DATA / "descriptions"), "--text-classes", "6", "--json"])
     assert code == 0
@@ -93,15 +92,11 @@ def test_bench_text_reports_both_paths(capsys):
 
 
 def test_bench_needs_images_or_text(capsys):
-    from absclip.cli.main import main
-
     assert main(["bench"]) != 0
     assert "--images" in capsys.readouterr().err
 
 
 def test_random_weights_are_benchmarked_with_the_default_weights_activation():
-    from absclip.diagnostics.bench import bench_quick_gelu
-
     qg, notes = bench_quick_gelu("ViT-B-16", None, None)
     assert qg is True and "QuickGELU" in notes[0]  # what ViT-B-16 + openai (the default) runs
     assert bench_quick_gelu("ViT-B-16", None, False) == (False, [])  # asked for GELU
