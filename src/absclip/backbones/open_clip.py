@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from absclip.backbones.base import Backbone, BackboneFacts, LoaderRow, LoadRequest, TowerRow, attention_probs
-from absclip.backbones.fused_vit import FusedViT, fused_vit
+from absclip.backbones.fused_vit import FusedViT, fused_vit, mlp_activation
 from absclip.backbones.hub import (
     dir_digest,
     download_hint,
@@ -118,6 +118,11 @@ class ClipBackbone(Backbone):
     def fused_path(self) -> bool:
         """Whether image encoding runs the fused ViT forward (CLS-only last block)."""
         return self._fused is not None
+
+    @property
+    def activation(self) -> str | None:
+        """The image tower's MLP activation: ``quick_gelu`` (OpenAI weights), ``gelu``, or None (another one)."""
+        return mlp_activation(self._blocks()[0].mlp) if self.has_tokens and self.facts.num_blocks else None
 
     def unfused(self) -> ClipBackbone:
         """Return an adapter over the same model that runs open_clip's own modules (``self`` is unchanged)."""
@@ -420,6 +425,22 @@ def pretrained_hub_repo(model: str, tag: str) -> str | None:
     return "/".join(parts[:2]) if len(parts) >= 2 else None
 
 
+def tag_needs_quick_gelu(model: str, tag: str) -> bool:
+    """Return whether open_clip's weights ``tag`` of ``model`` need QuickGELU where the model's config has GELU.
+
+    True for OpenAI's weights of the plain names (``ViT-B-16`` + ``openai``); False for ``-quickgelu``
+    names (their config has it already), GELU weights, and names or tags open_clip does not know.
+    """
+    import open_clip
+
+    try:
+        tag_cfg = open_clip.get_pretrained_cfg(model, tag) or {}
+        model_cfg = open_clip.get_model_config(model) or {}
+    except Exception:  # noqa: BLE001 - unknown names are reported by the load itself
+        return False
+    return bool(tag_cfg.get("quick_gelu")) and not model_cfg.get("quick_gelu")
+
+
 def load_open_clip(request: LoadRequest, *, name: str | None = None, identity_suffix: str = "") -> ClipBackbone:
     """Load an open_clip model by name + tag or checkpoint file, or an ``hf-hub:``/``local-dir:`` repo.
 
@@ -447,9 +468,7 @@ def load_open_clip(request: LoadRequest, *, name: str | None = None, identity_su
         if pretrained is not None:
             tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
             if tag_cfg:
-                if quick_gelu is None and tag_cfg.get("quick_gelu") and not open_clip.get_model_config(name).get(
-                    "quick_gelu"
-                ):
+                if quick_gelu is None and tag_needs_quick_gelu(name, pretrained):
                     force_qg = True  # e.g. ViT-B-16 + openai: GELU would drift outputs by ~1e-2
             elif os.path.isfile(pretrained):
                 # local files: our own weights_only load, then an explicit key/shape check
