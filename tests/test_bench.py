@@ -83,7 +83,7 @@ def test_fused_vit_matches_open_clip_modules(backbone, golden_items):
 
 
 def test_onednn_linear_is_f_linear(monkeypatch):
-    """The oneDNN inner product gives F.linear's numbers (fp32: rounding only), with and without bias/GELU."""
+    """The oneDNN inner product gives F.linear's numbers (fp32: rounding only), with and without bias/activation."""
     assert _onednn_usable(), "this torch build has no oneDNN linear: the CPU fast path is not exercised"
     monkeypatch.setenv("ABSCLIP_ONEDNN", "0")
     assert not _onednn_usable() and not OneDNNLinear().enabled
@@ -91,11 +91,11 @@ def test_onednn_linear_is_f_linear(monkeypatch):
     x = torch.randn(3, 9, 48, generator=g)[:, ::2]  # 3-D and not contiguous, as the CLS rows are
     w, b = torch.randn(40, 48, generator=g), torch.randn(40, generator=g)
     lin = OneDNNLinear(True)
+    acts = {"none": lambda y: y, "gelu": torch.nn.functional.gelu, "swish": lambda y: y * torch.sigmoid(y)}
     for bias in (b, None):
-        for gelu in (False, True):
-            want = torch.nn.functional.linear(x, w, bias)
-            want = torch.nn.functional.gelu(want) if gelu else want
-            got = lin(x, w, bias, gelu=gelu)
+        for act, fn in acts.items():
+            want = fn(torch.nn.functional.linear(x, w, bias))
+            got = lin(x, w, bias, act)
             assert got.shape == want.shape and (got - want).abs().max() <= 1e-5 * want.abs().max()
     assert lin.enabled
     xb, wb = x.bfloat16(), w.bfloat16()
@@ -248,6 +248,7 @@ def test_bench_cli_json_smoke(tmp_path, capsys):
     assert rep["images_per_s"] > 0 and rep["speedup_vs_naive"] > 0 and rep["peak_rss_mb"] > 0
     fast = next(r for r in rep["runs"] if r["method"] == "abs-fast")
     assert fast["changes_results"] and fast["image_encoder_flops_vs_faithful"] > 1
+    assert rep["activation"] == "quick_gelu" and "MLP activation: quick_gelu (fused: True)" in text
 
 
 def test_attention_fast_path_matches_eager_maps(dino, golden_items, golden):

@@ -13,7 +13,10 @@ import json
 import torch
 import torch.nn.functional as F
 
-from .conftest import DATA
+from absclip.cli.main import main
+from absclip.diagnostics.bench import bench_quick_gelu
+
+from .conftest import CLIP_CFG, CLIP_WEIGHTS, DATA
 
 SUSX = DATA / "descriptions" / "susx_cupl" / "gpt3_prompts" / "CuPL_prompts_imagenet.json"
 
@@ -67,3 +70,35 @@ def test_a_tower_without_causal_mask_keeps_the_full_context(backbone, monkeypatc
 
     monkeypatch.setattr(type(bb), "_encode_text_prefix", refuse)
     assert (bb.encode_texts(texts, batch_size=8) - full_length(bb, texts)).abs().max() < 1e-6
+
+
+def test_bench_text_reports_both_paths(capsys):
+    """``absclip bench --text``: naive full length against absclip's path, same sentences, one run."""
+    code = main(["bench", "--text", "--model", str(CLIP_CFG), "--pretrained", str(CLIP_WEIGHTS),
+                 "--descriptions-dir", str(DATA / "descriptions"), "--text-classes", "6", "--json"])
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    rep = json.loads(out[-1])
+    text = "\n".join(out[:-1])
+    bank = json.loads(SUSX.read_text())
+    assert rep["mode"] == "text" and rep["descriptions"] == "susx:imagenet" and rep["classes"] == 6
+    assert rep["sentences"] == sum(len(bank[c]) for c in list(bank)[:6])
+    assert rep["truncated"] and rep["median_end_of_text"] < rep["context_length"] == 77
+    assert rep["max_abs_diff"] <= 1e-5
+    assert rep["naive_sentences_per_s"] > 0 and rep["sentences_per_s"] > 0 and rep["speedup_vs_naive"] > 0
+    assert rep["activation"] == "quick_gelu" and rep["settings"]["absclip_batch_size"] == 32
+    for needle in ("naive", "absclip", "sentences/s", "max abs difference", "activation quick_gelu"):
+        assert needle in text, needle
+
+
+def test_bench_needs_images_or_text(capsys):
+    assert main(["bench"]) != 0
+    assert "--images" in capsys.readouterr().err
+
+
+def test_random_weights_are_benchmarked_with_the_default_weights_activation():
+    qg, notes = bench_quick_gelu("ViT-B-16", None, None)
+    assert qg is True and "QuickGELU" in notes[0]  # what ViT-B-16 + openai (the default) runs
+    assert bench_quick_gelu("ViT-B-16", None, False) == (False, [])  # asked for GELU
+    assert bench_quick_gelu("ViT-B-16", "laion2b_s34b_b88k", None) == (None, [])  # the loader follows the tag
+    assert bench_quick_gelu("ViT-B-16-SigLIP", None, None) == (None, [])  # no OpenAI weights

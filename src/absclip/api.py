@@ -252,7 +252,7 @@ class Classifier:
         """Return, per row of ``logits``, the ``top`` classes as ``[{label, score, logit, index}]``."""
         if top < 1:
             raise AbsclipError(f"`top` must be at least 1, got {top}.")
-        probs = self.method(method).probabilities(logits, self.logit_scale)
+        probs = self.method(method).probabilities(logits, self.logit_scale, self.backbone.logit_bias)
         k = min(top, logits.shape[-1])
         val, idx = torch.topk(probs, k, dim=-1)
         return [
@@ -264,7 +264,8 @@ class Classifier:
     def classify(self, images: ImageLike | Sequence[ImageLike], method: str = "abs", top: int = 5) -> Any:
         """Return ranked ``[{label, score}]`` for one image, or a list of them for a list of images.
 
-        ``score`` is a probability (softmax of the method's logits, per-view averaged for ABS).
+        ``score`` is a probability: the softmax of the method's logits (per-view averaged for ABS);
+        for SigLIP-family models and cosine-logit methods each class's ``sigmoid(scale * cos + bias)``.
         """
         single = not isinstance(images, (list, tuple))
         res = self.ranked(self.logits(images, method), method, top)

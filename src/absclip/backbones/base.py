@@ -64,6 +64,24 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tenso
     return torch.softmax(qh @ kh.transpose(-1, -2) / dh**0.5, dim=-1)
 
 
+def probe_in_slot(attention: torch.Tensor, probe: torch.Tensor | None) -> torch.Tensor:
+    """Return a block's patch attention ``[B, h, N, N]`` with a CLS slot in front: ``[B, h, 1 + N, 1 + N]``.
+
+    For towers without a class token that pool with an attention probe: nothing attends to the
+    slot; its row is the probe's attention over the patches ``[B, h or 1, N]`` where given (the
+    last block of a rollout), else ``[1, 0, ...]`` (the slot keeps to itself), so that rollout's
+    CLS row carries the probe back through the patch attention.
+    """
+    b, heads, n, _ = attention.shape
+    out = attention.new_zeros(b, heads, 1 + n, 1 + n)
+    out[:, :, 1:, 1:] = attention
+    if probe is None:
+        out[:, :, 0, 0] = 1.0
+    else:
+        out[:, :, 0, 1:] = probe.mean(1, keepdim=True) if probe.shape[1] != heads else probe
+    return out
+
+
 @dataclass(frozen=True)
 class LoadRequest:
     """What :func:`absclip.backbones.registry.load_clip` was asked to load, device and dtype resolved.
@@ -99,6 +117,20 @@ class LoaderRow:
 
 
 @dataclass(frozen=True)
+class TowerRow:
+    """One row of the open_clip tower table: ``adapter`` wraps every open_clip model whose image tower ``accepts``.
+
+    Modules declare their rows in a module-level ``TOWERS`` tuple; :mod:`absclip.backbones.registry`
+    collects them and tries them by ascending ``priority`` (open_clip's own adapter, last, takes any tower).
+    """
+
+    name: str
+    accepts: Callable[[Any], bool]
+    adapter: Callable[..., Backbone]
+    priority: int = 100
+
+
+@dataclass(frozen=True)
 class BackboneFacts:
     """Facts a backbone carries: read by views/scoring instead of literals.
 
@@ -111,6 +143,10 @@ class BackboneFacts:
         embed_dim: joint embedding dimension.
         heads: attention heads per block (0 when unknown).
         mlp_width: hidden width of a block's MLP (0: assume ``4 * width``).
+        class_token: whether the tower has a class token. Towers without one (SigLIP's MAP pooling)
+            still exchange tokens in the protocol's layout: a placeholder in the CLS slot, never read.
+        resize_mode: how the model's preprocessing fits an image to ``image_size``: ``shortest``
+            (resize the shorter side, centre crop; OpenAI CLIP) or ``squash`` (resize both sides; SigLIP).
     """
 
     image_size: tuple[int, int]
@@ -121,6 +157,8 @@ class BackboneFacts:
     embed_dim: int
     heads: int = 0
     mlp_width: int = 0
+    class_token: bool = True
+    resize_mode: str = "shortest"
 
 
 def vit_flops(
@@ -163,7 +201,7 @@ def tower_flops(facts: BackboneFacts) -> dict[str, float]:
     ``blocks``, ``patch_dim``, ``patches``.
     """
     f = facts
-    t = 1 + f.grid[0] * f.grid[1]
+    t = int(f.class_token) + f.grid[0] * f.grid[1]
     mlp = f.mlp_width or 4 * f.width
     pd = 3 * f.patch_size[0] * f.patch_size[1]
     npatch = f.grid[0] * f.grid[1]
@@ -177,6 +215,14 @@ def tower_flops(facts: BackboneFacts) -> dict[str, float]:
     out["full"] = out["embed"] + f.num_blocks * out["block"] + out["proj"]
     out["full_cls"] = out["full"] - out["block"] + out["block_cls"]
     return out
+
+
+#: what to change when a tower without tokens is asked for a token-level part (``require_tokens``'s ``what``)
+TOKEN_OPTIONS = {
+    "feature crops": "set `feature_crops` to 0 for pixel crops only",
+    "CLIP attention maps": "set `attention_model` to a DINO-like ViT such as facebook/dino-vitb16",
+    "text similarity maps": "use another `map`",
+}
 
 
 class Backbone(ABC):
@@ -207,10 +253,15 @@ class Backbone(ABC):
 
     # -- helpers -------------------------------------------------------------------------------
     def require_tokens(self, what: str) -> None:
-        """Raise :class:`AbsclipError` saying that ``what`` (plural noun phrase) needs tokens, unless ``has_tokens``."""
+        """Raise :class:`AbsclipError` saying that ``what`` (plural noun phrase) needs tokens, unless ``has_tokens``.
+
+        The sentence names the option that avoids the need (:data:`TOKEN_OPTIONS`) where there is one.
+        """
         if not self.has_tokens:
+            hint = TOKEN_OPTIONS.get(what)
             what = what[:1].upper() + what[1:]
-            raise AbsclipError(f"{what} need a ViT image tower with tokens; {self.name} has none.")
+            raise AbsclipError(f"{what} need a ViT image tower with tokens; {self.name} has none"
+                               f"{f' ({hint})' if hint else ''}.")
 
     def block_index(self, layer: int) -> int:
         """Return the non-negative block index for ``layer`` (negative counts from the end), range-checked."""
@@ -224,6 +275,15 @@ class Backbone(ABC):
     @abstractmethod
     def logit_scale(self) -> float:
         """The model's learned logit scale (exp), turning cosine logits into probabilities."""
+
+    @property
+    def logit_bias(self) -> float | None:
+        """The model's learned logit bias (SigLIP family), or None for softmax-trained models.
+
+        Where it is not None, class probabilities of cosine-logit methods are
+        ``sigmoid(logit_scale * cos + logit_bias)`` (as the Hugging Face zero-shot pipeline does for SigLIP).
+        """
+        return None
 
     @property
     def fused_path(self) -> bool:

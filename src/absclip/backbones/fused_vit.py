@@ -1,6 +1,6 @@
 """Fused inference path for open_clip ``VisionTransformer`` image towers: the same maths, less work.
 
-Three exact rewrites of open_clip's forward (results differ only by float rounding, ~1e-6 on
+Exact rewrites of open_clip's forward (results differ only by float rounding, ~1e-6 on
 unnormalised embeddings; the golden parity tests run through this path):
 
 * **Patch embedding as one matrix product.** The stride-``p`` ``p × p`` convolution without bias
@@ -11,9 +11,13 @@ unnormalised embeddings; the golden parity tests run through this path):
   ``nn.MultiheadAttention``'s inference fast path (explicit ``bmm`` + softmax + copies).
 * **oneDNN matrix products on CPU.** Every linear layer of the blocks runs through oneDNN's
   inner product (``torch.ops.mkldnn._linear_pointwise``, the op ``torch.compile`` emits for CPU
-  linears) with the MLP's exact GELU fused in, instead of ``F.linear`` (MKL sgemm) + GELU. On the
+  linears) with the MLP's activation fused in, instead of ``F.linear`` (MKL sgemm) + activation. On the
   project's AMD CPU this ran the ViT-B/16 tower ~15–25% faster in fp32 (see
   ``docs/benchmarks.md``); same maths, ~1e-6 rounding differences. ``ABSCLIP_ONEDNN=0`` turns it off.
+* **QuickGELU as a fused swish.** OpenAI weights use QuickGELU, ``y * sigmoid(1.702 y)``, which is
+  ``swish(1.702 y) / 1.702``. oneDNN fuses swish (``x * sigmoid(x)``) but not its scale, so the
+  factor 1.702 goes onto the MLP's input and first bias and 1/1.702 onto its output: elementwise
+  work on the 768-wide tensors instead of the 3072-wide hidden one, and no copy of any weight.
 * **CLS-only last block.** A CLS-pooled tower only reads the CLS token after the last block, and
   every other token only influences it through the last block's keys and values. The last block
   therefore computes keys/values for all tokens but the query, attention output, MLP and
@@ -91,25 +95,42 @@ class OneDNNLinear:
         self.enabled = _onednn_usable() if enabled is None else enabled
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 gelu: bool = False) -> torch.Tensor:
-        """Return ``F.linear(x, weight, bias)`` (then exact GELU when ``gelu``)."""
+                 act: str = "none") -> torch.Tensor:
+        """Return ``F.linear(x, weight, bias)`` followed by ``act``: ``none``, exact ``gelu`` or ``swish``."""
         if self.enabled and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) \
                 and weight.dtype == x.dtype and (bias is None or bias.dtype == x.dtype):
             try:
-                return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [],
-                                                          "none" if gelu else "")
+                return torch.ops.mkldnn._linear_pointwise(x, weight, bias, act, [], "none" if act == "gelu" else "")
             except RuntimeError as e:  # an unsupported case: use torch's own path from now on
                 log.debug("oneDNN linear off (%s); using F.linear", e)
                 self.enabled = False
         y = F.linear(x, weight, bias)
-        return F.gelu(y) if gelu else y
+        return _ACTIVATIONS[act](y)
 
 
-def _plain_mlp(mlp: nn.Module) -> bool:
-    """Return whether ``mlp`` is open_clip's ``c_fc -> exact GELU -> c_proj`` (so GELU can be fused)."""
+#: the activations :class:`OneDNNLinear` fuses, as torch functions (its fallback path)
+_ACTIVATIONS = {"none": lambda y: y, "gelu": F.gelu, "swish": F.silu}
+#: QuickGELU's factor: ``quick_gelu(y) = y * sigmoid(QUICK_GELU_SCALE * y)`` (open_clip's ``QuickGELU``)
+QUICK_GELU_SCALE = 1.702
+
+
+def mlp_activation(mlp: nn.Module) -> str | None:
+    """Return ``gelu`` (exact) or ``quick_gelu`` when ``mlp`` is open_clip's ``c_fc -> activation -> c_proj``
+    with that activation (which the fused path fuses), else None."""
     fc, act, proj = (getattr(mlp, a, None) for a in ("c_fc", "gelu", "c_proj"))
-    return isinstance(fc, nn.Linear) and isinstance(proj, nn.Linear) and type(act) is nn.GELU \
-        and act.approximate == "none" and len(list(mlp.children())) == 3
+    if not (isinstance(fc, nn.Linear) and isinstance(proj, nn.Linear) and len(list(mlp.children())) == 3):
+        return None
+    if type(act) is nn.GELU and act.approximate == "none":
+        return "gelu"
+    return "quick_gelu" if _is_quick_gelu(act) else None
+
+
+def _is_quick_gelu(act: nn.Module | None) -> bool:
+    try:
+        from open_clip.transformer import QuickGELU
+    except ImportError:  # no open_clip: no open_clip tower either
+        return False
+    return type(act) is QuickGELU
 
 
 class FusedViT:
@@ -125,14 +146,24 @@ class FusedViT:
         self.patch = int(conv.kernel_size[0]), int(conv.kernel_size[1])
         self.width = int(conv.out_channels)
         self.linear = OneDNNLinear(onednn)
-        self._plain_mlp = {id(b): _plain_mlp(b.mlp) for b in self.blocks}
+        self._activation = {id(b): mlp_activation(b.mlp) for b in self.blocks}
+        acts = set(self._activation.values())
+        #: the MLP activation every block fuses (``gelu`` or ``quick_gelu``); None: some block runs its own MLP
+        self.activation = acts.pop() if len(acts) == 1 else None
 
     def _mlp(self, blk: nn.Module, h: torch.Tensor) -> torch.Tensor:
-        if not self._plain_mlp[id(blk)]:
+        act = self._activation[id(blk)]
+        if act is None:
             return blk.mlp(h)
         fc, proj = blk.mlp.c_fc, blk.mlp.c_proj
-        h = self.linear(h, fc.weight, fc.bias, gelu=True)
-        return self.linear(h, proj.weight, proj.bias)
+        if act == "gelu":
+            return self.linear(self.linear(h, fc.weight, fc.bias, "gelu"), proj.weight, proj.bias)
+        # y * sigmoid(1.702 y) = swish(1.702 y) / 1.702, with y = h W^T + b: scale h and b, not the hidden tensor
+        bias = fc.bias * QUICK_GELU_SCALE if fc.bias is not None else None
+        h = self.linear(self.linear(h * QUICK_GELU_SCALE, fc.weight, bias, "swish"), proj.weight, None)
+        if proj.bias is None:
+            return h.mul_(1 / QUICK_GELU_SCALE)
+        return torch.add(proj.bias, h, alpha=1 / QUICK_GELU_SCALE)
 
     # -- embedding -----------------------------------------------------------------------------
     def embed(self, pixels: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from absclip.backbones.base import Backbone, BackboneFacts, LoaderRow, LoadRequest, attention_probs
-from absclip.backbones.fused_vit import FusedViT, fused_vit
+from absclip.backbones.base import Backbone, BackboneFacts, LoaderRow, LoadRequest, TowerRow, attention_probs
+from absclip.backbones.fused_vit import FusedViT, fused_vit, mlp_activation
 from absclip.backbones.hub import (
     dir_digest,
     download_hint,
@@ -96,9 +96,8 @@ class ClipBackbone(Backbone):
             size = getattr(visual, "image_size", 224)
             image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
             grid, blocks, width, patch = (0, 0), 0, 0, (0, 0)
-        embed_dim = int(model.text_projection.shape[-1]) if getattr(model, "text_projection", None) is not None \
-            else int(getattr(visual, "output_dim", 0))
-        self.facts = BackboneFacts(image_size, patch, grid, blocks, width, embed_dim, heads, mlp)
+        self.facts = BackboneFacts(image_size, patch, grid, blocks, width, joint_dim(model), heads, mlp,
+                                   resize_mode=resize_mode(model))
         #: fused forward (SDPA, CLS-only last block; :mod:`absclip.backbones.fused_vit`) when the tower qualifies
         self._fused: FusedViT | None = fused_vit(visual) if self.has_tokens else None
 
@@ -110,9 +109,20 @@ class ClipBackbone(Backbone):
         return float(ls.exp()) if isinstance(ls, torch.Tensor) else 100.0
 
     @property
+    def logit_bias(self) -> float | None:
+        """The model's learned logit bias (SigLIP-trained open_clip models), else None."""
+        lb = getattr(self.model, "logit_bias", None)
+        return float(lb.reshape(-1)[0]) if isinstance(lb, torch.Tensor) else None
+
+    @property
     def fused_path(self) -> bool:
         """Whether image encoding runs the fused ViT forward (CLS-only last block)."""
         return self._fused is not None
+
+    @property
+    def activation(self) -> str | None:
+        """The image tower's MLP activation: ``quick_gelu`` (OpenAI weights), ``gelu``, or None (another one)."""
+        return mlp_activation(self._blocks()[0].mlp) if self.has_tokens and self.facts.num_blocks else None
 
     def unfused(self) -> ClipBackbone:
         """Return an adapter over the same model that runs open_clip's own modules (``self`` is unchanged)."""
@@ -304,6 +314,57 @@ class ClipBackbone(Backbone):
         return x
 
 
+def joint_dim(model: torch.nn.Module) -> int:
+    """Return the joint embedding dimension of an open_clip model (native or custom text tower)."""
+    proj = getattr(model, "text_projection", None)
+    if isinstance(proj, torch.nn.Linear):
+        return int(proj.out_features)
+    if isinstance(proj, torch.Tensor):
+        return int(proj.shape[-1])
+    text_proj = getattr(getattr(model, "text", None), "text_projection", None)
+    if isinstance(text_proj, torch.nn.Linear):
+        return int(text_proj.out_features)
+    if isinstance(text_proj, torch.Tensor):
+        return int(text_proj.shape[-1])
+    return int(getattr(model.visual, "output_dim", 0) or getattr(model, "embed_dim", 0))
+
+
+def resize_mode(model: torch.nn.Module) -> str:
+    """Return how the model's preprocessing fits images (``shortest`` or ``squash``; open_clip's preprocess cfg)."""
+    cfg = getattr(model.visual, "preprocess_cfg", None) or {}
+    return "squash" if cfg.get("resize_mode") == "squash" else "shortest"
+
+
+def open_clip_backbone(model: torch.nn.Module, preprocess: Any, tokenizer: Any, **kwargs: Any) -> ClipBackbone:
+    """Return the adapter for an open_clip model: the first tower row (:data:`TOWERS` of every module) that fits.
+
+    The image tower decides: open_clip's own ViT and other towers take :class:`ClipBackbone`;
+    timm ViT and Eva towers have their own adapters (:mod:`absclip.backbones.timm_vit`, :mod:`absclip.backbones.eva`).
+    """
+    from absclip.backbones.registry import tower_adapter
+
+    return tower_adapter(model.visual)(model, preprocess, tokenizer, **kwargs)
+
+
+def open_clip_tokenizer(name: str, **kwargs: Any) -> Any:
+    """Return ``open_clip.get_tokenizer(name)``; a tokenizer that cannot be downloaded is one clear sentence."""
+    import open_clip
+
+    try:
+        with quiet_root_logging():
+            return open_clip.get_tokenizer(name, **kwargs)
+    except Exception as e:  # noqa: BLE001 - HF tokenizers raise OSError/ValueError/HTTP errors alike
+        if not is_network_error(e) and not isinstance(e, OSError):
+            raise AbsclipError(f"Could not build the tokenizer of {name}: {str(e).splitlines()[0]}") from e
+        cfg = (open_clip.get_model_config(name) or {}).get("text_cfg", {}) if ":" not in name else {}
+        source = cfg.get("hf_tokenizer_name") or "its download source"
+        raise WeightsUnavailableError(
+            f"The tokenizer of {name} ({source}) is not cached here and could not be downloaded; run once "
+            "online to cache it, or give a `model` config whose text_cfg.hf_tokenizer_name is a local tokenizer "
+            "directory."
+        ) from e
+
+
 def is_open_clip_config(request: LoadRequest) -> bool:
     """Registry predicate: an open_clip JSON model config."""
     return request.model.endswith(".json")
@@ -364,6 +425,22 @@ def pretrained_hub_repo(model: str, tag: str) -> str | None:
     return "/".join(parts[:2]) if len(parts) >= 2 else None
 
 
+def tag_needs_quick_gelu(model: str, tag: str) -> bool:
+    """Return whether open_clip's weights ``tag`` of ``model`` need QuickGELU where the model's config has GELU.
+
+    True for OpenAI's weights of the plain names (``ViT-B-16`` + ``openai``); False for ``-quickgelu``
+    names (their config has it already), GELU weights, and names or tags open_clip does not know.
+    """
+    import open_clip
+
+    try:
+        tag_cfg = open_clip.get_pretrained_cfg(model, tag) or {}
+        model_cfg = open_clip.get_model_config(model) or {}
+    except Exception:  # noqa: BLE001 - unknown names are reported by the load itself
+        return False
+    return bool(tag_cfg.get("quick_gelu")) and not model_cfg.get("quick_gelu")
+
+
 def load_open_clip(request: LoadRequest, *, name: str | None = None, identity_suffix: str = "") -> ClipBackbone:
     """Load an open_clip model by name + tag or checkpoint file, or an ``hf-hub:``/``local-dir:`` repo.
 
@@ -391,9 +468,7 @@ def load_open_clip(request: LoadRequest, *, name: str | None = None, identity_su
         if pretrained is not None:
             tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
             if tag_cfg:
-                if quick_gelu is None and tag_cfg.get("quick_gelu") and not open_clip.get_model_config(name).get(
-                    "quick_gelu"
-                ):
+                if quick_gelu is None and tag_needs_quick_gelu(name, pretrained):
                     force_qg = True  # e.g. ViT-B-16 + openai: GELU would drift outputs by ~1e-2
             elif os.path.isfile(pretrained):
                 # local files: our own weights_only load, then an explicit key/shape check
@@ -452,11 +527,11 @@ def load_open_clip(request: LoadRequest, *, name: str | None = None, identity_su
         raise AbsclipError(f"Could not load model {name} ({pretrained}): {str(e).splitlines()[0]}") from e
     if pretrained is None and schema is None:
         log.warning("No pretrained weights given for %s: the model is randomly initialised.", name)
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = open_clip_tokenizer(name, cache_dir=request.weights_dir)
     identity = f"open_clip:{name}|{identity_weights}|qg={force_qg}"
     clip = clip.to(dev, dtype)
-    return ClipBackbone(clip, preprocess, tokenizer, name=name, pretrained=pretrained, identity=identity,
-                        device=dev, dtype=dtype)
+    return open_clip_backbone(clip, preprocess, tokenizer, name=name, pretrained=pretrained, identity=identity,
+                              device=dev, dtype=dtype)
 
 
 def _build_from_state_dict(
@@ -496,11 +571,11 @@ def _build_from_state_dict(
             f"Checkpoint {pretrained} does not fit model {name} ({first}); pass the `model` that matches it."
         )
     clip.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()}, strict=True)
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = open_clip_tokenizer(name)
     identity = f"open_clip:{name}|{identity_weights}|qg={force_qg}"
     clip = clip.to(dev, dtype)
-    return ClipBackbone(clip, preprocess, tokenizer, name=name, pretrained=pretrained, identity=identity,
-                        device=dev, dtype=dtype)
+    return open_clip_backbone(clip, preprocess, tokenizer, name=name, pretrained=pretrained, identity=identity,
+                              device=dev, dtype=dtype)
 
 
 def _load_openai_file(path: str, dev: torch.device, dtype: torch.dtype) -> ClipBackbone:
@@ -535,6 +610,14 @@ def _load_openai_file(path: str, dev: torch.device, dtype: torch.dtype) -> ClipB
 def _any(request: LoadRequest) -> bool:
     return True
 
+
+def is_open_clip_tower(visual: torch.nn.Module) -> bool:
+    """Tower predicate: any open_clip image tower (the catch-all: native ViT, ModifiedResNet, other timm towers)."""
+    return True
+
+
+#: this module's rows of the tower table (:func:`open_clip_backbone`); the catch-all row
+TOWERS = (TowerRow("open_clip ViT / other towers", is_open_clip_tower, ClipBackbone, 1000),)
 
 #: this module's rows of the loader table (:mod:`absclip.backbones.registry`); the name row is the catch-all
 LOADERS = (

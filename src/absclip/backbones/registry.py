@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from typing import Any
 
 import torch
 
@@ -20,24 +21,44 @@ from absclip.backbones.base import (
     Backbone,
     LoaderRow,
     LoadRequest,
+    TowerRow,
     resolve_device,
     resolve_precision,
 )
 
 
-def collect_loaders() -> list[LoaderRow]:
-    """Return the ``LOADERS`` rows of every module of :mod:`absclip.backbones`, by ascending priority."""
+def _collect(table: str) -> list[Any]:
+    """Return the rows of the module-level tuple ``table`` of every module of :mod:`absclip.backbones`, by priority."""
     import absclip.backbones as package
 
-    rows: list[LoaderRow] = []
+    rows: list[Any] = []
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         if info.name != "registry":
-            rows += getattr(importlib.import_module(f"{package.__name__}.{info.name}"), "LOADERS", ())
+            rows += getattr(importlib.import_module(f"{package.__name__}.{info.name}"), table, ())
     return sorted(rows, key=lambda r: r.priority)
+
+
+def collect_loaders() -> list[LoaderRow]:
+    """Return the ``LOADERS`` rows of every module of :mod:`absclip.backbones`, by ascending priority."""
+    return _collect("LOADERS")
 
 
 #: tried in order; the first row that accepts a request loads it
 LOADERS: list[LoaderRow] = collect_loaders()
+
+
+def collect_towers() -> list[TowerRow]:
+    """Return the ``TOWERS`` rows (open_clip image-tower adapters) of every module, by ascending priority."""
+    return _collect("TOWERS")
+
+
+#: tried in order; the first row whose predicate accepts an open_clip image tower adapts the model
+TOWERS: list[TowerRow] = collect_towers()
+
+
+def tower_adapter(visual: torch.nn.Module) -> Any:
+    """Return the adapter class (a :class:`Backbone` factory) for an open_clip image tower (first fitting row)."""
+    return next(r for r in TOWERS if r.accepts(visual)).adapter
 
 
 def load_clip(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from absclip.errors import AbsclipError
 from absclip.io.files import json_text
 
 EPILOG = """\
@@ -24,6 +25,13 @@ what is reported, per run (method@precision) and for the naive pipeline:
   the naive pipeline runs only next to abs or abs-fast). Text encoding is measured
   once on --text-sample sentences and reported apart (it is once per run and cached).
   With --json the last stdout line is the report as one JSON object.
+  Random weights get the activation of the model's default weights (ViT-B-16 + openai: QuickGELU);
+  the report names it (`activation`).
+
+text banks (--text): sentences/s of open_clip's full-length encode_text against absclip's text path
+  (length-sorted batches cut at their longest end-of-text) on the same sentences, their ratio and the
+  max abs difference of the embeddings; by default the first 200 classes of susx:imagenet (SuS-X CuPL):
+  absclip bench --text --descriptions-dir ../shared/data/descriptions --json
 """
 
 
@@ -41,6 +49,10 @@ def _precisions(text: str) -> tuple[str, ...]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """absclip bench: run the benchmark and print the report (JSON last with --json)."""
+    if args.text:
+        return _cmd_text_bench(args)
+    if not args.images:
+        raise AbsclipError("absclip bench needs `images` DIR (or `text` to measure text encoding).")
     from absclip.cli.options import settings_from_args
     from absclip.diagnostics.bench import BenchSettings, run_benchmark
     from absclip.methods import create_method
@@ -66,10 +78,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_text_bench(args: argparse.Namespace) -> int:
+    """absclip bench --text: text-bank encoding, naive full length against absclip's path."""
+    from absclip.diagnostics.text_bench import (
+        DEFAULT_DESCRIPTIONS,
+        TextBenchSettings,
+        format_text_report,
+        run_text_benchmark,
+    )
+
+    if len(args.precision) != 1:
+        raise AbsclipError("absclip bench --text measures one `precision` at a time.")
+    pretrained = None if args.pretrained in (None, "", "none") else args.pretrained
+    report = run_text_benchmark(TextBenchSettings(
+        model=args.model, pretrained=pretrained, quick_gelu=args.quick_gelu, device=args.device,
+        precision=args.precision[0], descriptions=args.descriptions or DEFAULT_DESCRIPTIONS,
+        descriptions_dir=args.descriptions_dir, classes=args.text_classes, repeat=args.repeat,
+        warmup=not args.no_warmup, threads=args.threads))
+    print(format_text_report(report))
+    if args.json:
+        print(json_text(report, default=str))
+    return 0
+
+
 def format_report(rep: dict[str, Any]) -> str:
     """Return a human-readable summary of an :func:`absclip.diagnostics.bench.run_benchmark` report."""
     lines = [f"absclip bench: {rep['images']} images from {rep['images_dir']}, {rep['model']} ({rep['weights']}), "
              f"attention {rep['attention_model']}, {rep['device']} ({rep['device_name']})"]
+    if rep.get("activation"):
+        lines.append(f"MLP activation: {rep['activation']} (fused: {rep['settings']['fused_vit']})")
     lines += [f"note: {x}" for x in rep["notes"]]
     head = f"{'run':<16}{'img/s':>8}{'s/img':>9}{'vs naive':>10}{'cpu s/img':>11}{'vs naive':>10}" \
            f"{'max|dlogit|':>13}{'top1 agree':>12}{'GFLOP/img':>11}{'peak RSS MB':>13}"
@@ -113,7 +150,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                     "process on the same images with the same crop draws (see docs/benchmarks.md).",
         epilog=EPILOG,
     )
-    p.add_argument("--images", required=True, metavar="DIR", help="directory of images (recursive, sorted)")
+    p.add_argument("--images", metavar="DIR", help="directory of images (recursive, sorted); required unless --text")
     p.add_argument("--limit", type=int, default=5, help="use the first N images (default: %(default)s)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="ViT-B-16", help="open_clip model name or config (default: %(default)s)")
@@ -161,6 +198,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     t.add_argument("--classes-file", help="class names for --descriptions (default: its keys)")
     t.add_argument("--text-sample", type=int, default=64,
                    help="sentences encoded to measure text-encoder throughput; 0 skips (default: %(default)s)")
+    t.add_argument("--text", action="store_true",
+                   help="measure text-bank encoding instead of images: naive full-length against absclip's path on "
+                        "--descriptions (default: susx:imagenet, SuS-X's CuPL ImageNet sentences)")
+    t.add_argument("--text-classes", type=int, default=200,
+                   help="with --text: encode the first N classes of the descriptions (default: %(default)s)")
+    t.add_argument("--descriptions-dir",
+                   help="local copy of the public description sets (default: $ABSCLIP_DESCRIPTIONS_DIR)")
     a = p.add_argument_group("ABS")
     a.add_argument("--crops", type=int, help="pixel-space crops per image (default: 50; abs-fast: at most 16)")
     a.add_argument("--feature-crops", type=int, help="feature-space crops per image (default: 50)")

@@ -15,21 +15,31 @@ log = logging.getLogger("absclip")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """absclip models: open_clip model names and their pretrained tags."""
+    """absclip models: open_clip model names, their encoder family, the ABS parts it supports, pretrained tags."""
     import fnmatch
 
     import open_clip
+
+    from absclip.backbones.families import FAMILIES, PARTS, config_family
 
     names = [n for n in open_clip.list_models() if fnmatch.fnmatch(n.lower(), (args.pattern or "*").lower())]
     if not names:
         raise AbsclipError(f"No open_clip model matches {args.pattern!r}; run 'absclip models' for the names "
                            "(patterns are globs, e.g. 'ViT-B*').")
-    rows = [{"model": n, "pretrained": open_clip.list_pretrained_tags_by_model(n)} for n in names]
+    rows = []
+    for n in names:
+        family = config_family(open_clip.get_model_config(n) or {})
+        rows.append({"model": n, "family": family, "supports": FAMILIES[family],
+                     "pretrained": open_clip.list_pretrained_tags_by_model(n)})
     if args.json:
         print(json_text(rows, indent=2))
     else:
         for r in rows:
-            print(f"{r['model']:<40} {', '.join(r['pretrained'])}")
+            print(f"{r['model']:<40} {r['family']:<24} {', '.join(r['pretrained'])}")
+        print("\nABS parts per family (pixel crops, feature crops, CLIP attention, rollout/sinks, text maps):")
+        for family in dict.fromkeys(r["family"] for r in rows):
+            parts = [p.replace("_", " ") for p in PARTS if FAMILIES[family][p]]
+            print(f"  {family:<24} {', '.join(parts)}")
     return 0
 
 

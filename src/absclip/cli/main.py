@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list open_clip models and pretrained tags")
     p.add_argument("pattern", nargs="?", help="glob filter, e.g. 'ViT-B*'")
-    p.add_argument("--json", action="store_true", help="print JSON: [{model, pretrained: [tags]}]")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON: [{model, family, supports: {part: bool}, pretrained: [tags]}]")
     p.set_defaults(func=cmd_models, debug=False)
 
     p = sub.add_parser("methods", help="list the methods")

@@ -52,11 +52,14 @@ def abs_geometry(
     clip_grid: tuple[int, int],
     clip_input: int,
     rng: np.random.Generator | None = None,
+    *,
+    squash: bool = False,
 ) -> ABSGeometry:
     """Return the :class:`ABSGeometry` of one image: top-k distribution, draws, boxes, centres, windows.
 
     Pass ``draws`` to inject centres and sizes (as the golden fixture does); otherwise they are
-    drawn from ``rng``.
+    drawn from ``rng``. ``squash``: the CLIP preprocessing resizes without a centre crop (SigLIP;
+    only the "aligned" mapping reads it).
     """
     ah, aw = attn_grid
     gh, gw = clip_grid
@@ -70,7 +73,8 @@ def abs_geometry(
     boxes = views.pixel_crop_boxes(pix_centres, draws.pix_w, draws.pix_h, width, height, ah, aw)
     feat_src = idx_np[draws.feat_pos]
     if cfg.feature_mapping == "aligned":
-        feat_centres = [views.map_index_aligned(int(i), ah, aw, width, height, clip_input, gh, gw) for i in feat_src]
+        feat_centres = [views.map_index_aligned(int(i), ah, aw, width, height, clip_input, gh, gw, squash=squash)
+                        for i in feat_src]
     else:
         feat_centres = [views.map_index_to_grid(int(i), ah, aw, gh, gw) for i in feat_src]
     windows = views.feature_windows(feat_centres, draws.feat_size, gh, gw) if gh else []

@@ -118,7 +118,8 @@ def map_index_to_grid(index: int, src_h: int, src_w: int, dst_h: int, dst_w: int
     """Map a flat index on a ``src`` grid to the cell containing it on a ``dst`` grid.
 
     ``row' = floor(row * dst_h / src_h)`` (likewise columns): identity for equal grids,
-    ``row // 2`` for 14 → 7, ``floor(row * 16 / 14)`` for 14 → 16, as the reference does.
+    ``row // 2`` for 14 → 7, ``floor(row * 16 / 14)`` for 14 → 16, as the reference does; the same
+    rule for every model's grid (24, 27, 32 ... rows, non-square grids) and every attention grid.
     """
     row, col = divmod(int(index), src_w)
     return (row * dst_h // src_h) * dst_w + col * dst_w // src_w
@@ -133,15 +134,21 @@ def map_index_aligned(
     crop_size: int,
     dst_h: int,
     dst_w: int,
+    *,
+    squash: bool = False,
 ) -> int:
     """Map an attention-grid index to the CLIP token grid *through pixel space* (option "aligned").
 
     The attention grid covers the whole (squashed) image; the CLIP grid covers the centre crop
-    of the image resized so that its shorter side is ``crop_size``. The centre of the source
-    cell is mapped into that crop and clamped to the grid. For square images this equals
-    :func:`map_index_to_grid` up to rounding at cell borders.
+    of the image resized so that its shorter side is ``crop_size`` (OpenAI CLIP's preprocessing),
+    or, with ``squash`` (SigLIP's resize without centre crop), the whole image. The centre of the
+    source cell is mapped into that region and clamped to the grid. For square images (and always
+    with ``squash``) this is the cell containing the source cell's centre.
     """
     row, col = divmod(int(index), src_w)
+    if squash:  # both grids span the whole image: bin the cell centre, (col + 0.5) / src_w, on dst
+        return min((2 * row + 1) * dst_h // (2 * src_h), dst_h - 1) * dst_w + \
+            min((2 * col + 1) * dst_w // (2 * src_w), dst_w - 1)
     # centre of the source cell, in original pixels (float, exact for the purpose of binning)
     px = (col + 0.5) * width / src_w
     py = (row + 0.5) * height / src_h

@@ -122,6 +122,24 @@ class BenchSettings:
 # models
 # -------------------------------------------------------------------------------------------
 
+#: the weights absclip loads when none are named (``absclip.load``, the CLI's ``--pretrained``)
+DEFAULT_WEIGHTS_TAG = "openai"
+
+
+def bench_quick_gelu(model: str, pretrained: str | None, quick_gelu: bool | None) -> tuple[bool | None, list[str]]:
+    """Return the ``quick_gelu`` to load a benchmarked model with, and notes for the report.
+
+    Random weights (``pretrained`` None) get the activation of the weights users get by default:
+    ``ViT-B-16`` with OpenAI's weights runs QuickGELU, so that is what is measured, not the
+    config's GELU. Named weights and an explicit ``quick_gelu`` are left to the loader.
+    """
+    from absclip.backbones.open_clip import tag_needs_quick_gelu
+
+    if quick_gelu is None and pretrained is None and tag_needs_quick_gelu(model, DEFAULT_WEIGHTS_TAG):
+        return True, [f"random weights with QuickGELU, the activation of {model}'s default "
+                      f"`{DEFAULT_WEIGHTS_TAG}` weights (`quick_gelu` False measures GELU)"]
+    return quick_gelu, []
+
 
 def random_dino_vitb16(device: torch.device) -> HFAttention:
     """Return a DINO ViT-B/16-shaped attention source with random weights (no download).
@@ -402,9 +420,9 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
     if s.view_batch is None:
         s = dataclasses.replace(s, view_batch=default_view_batch(device))
     dtypes = [resolve_precision(p, device) for p in s.precisions]
-    notes: list[str] = []
 
-    base = load_clip(s.model, s.pretrained, device=device, precision="fp32", quick_gelu=s.quick_gelu)
+    quick_gelu, notes = bench_quick_gelu(s.model, s.pretrained, s.quick_gelu)
+    base = load_clip(s.model, s.pretrained, device=device, precision="fp32", quick_gelu=quick_gelu)
     weights = s.pretrained or "random (built from the model config; speed does not depend on weights)"
     if not any(get_method_class(m).needs_attention for m in s.methods):
         attention = None  # e.g. awt, wca, clip: no attention model to load
@@ -557,6 +575,7 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
         "method": primary["method"],
         "model": s.model,
         "weights": weights,
+        "activation": getattr(base, "activation", None),  # the image tower's MLP activation (open_clip towers)
         "attention_model": getattr(attention, "name", str(s.attention_model)),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),

@@ -75,7 +75,7 @@ def naive_abs_logits(
                 with timer("crop geometry + resize"):
                     injected, ref_idx = (draws or {}).get(item.key, (None, None))
                     geo = abs_geometry(att, injected, cfg, w, h, attention.grid, grid, bb.facts.image_size[0],
-                                       image_rng(seed, item.key, "abs"))
+                                       image_rng(seed, item.key, "abs"), squash=bb.facts.resize_mode == "squash")
                     idx, boxes, windows = geo.topk_idx, geo.boxes, geo.windows
                     if ref_idx is not None and not torch.equal(idx, ref_idx):
                         mismatches += 1

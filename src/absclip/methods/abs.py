@@ -67,8 +67,9 @@ class ABSMethod(Method):
         """Return logits ``[B, C]`` for the batch."""
         return self.score(self.views(ctx, seed), ctx.timer)
 
-    def probabilities(self, logits: torch.Tensor, logit_scale: float) -> torch.Tensor:
-        # ABS logits are sums over V views of scores in units of 1/tau: average per view first
+    def probabilities(self, logits: torch.Tensor, logit_scale: float, logit_bias: float | None = None) -> torch.Tensor:
+        # ABS logits are sums over V views of soft-matching scores in units of 1/tau (not cosines): average
+        # per view first; the model's scale and bias (SigLIP) do not apply to them
         import torch
 
         views = max(1, self.settings.pixel_crops + self.settings.feature_crops)
@@ -183,7 +184,7 @@ def abs_views(
             rng = image_rng(seed, item.key, "abs")
             injected = draws[b] if draws is not None else None
             geo.append(abs_geometry(att[b], injected, cfg, w, h, src.grid, bb.facts.grid, bb.facts.image_size[0],
-                                    rng))
+                                    rng, squash=bb.facts.resize_mode == "squash"))
         # pixel crops: crop the original image, then the model's own preprocessing (resize, centre crop)
         jobs = [(item, box) for item, g in zip(ctx.items, geo) for box in g.boxes]
         keep = None

@@ -201,10 +201,17 @@ class Method:
         """Return logits ``[B, C]`` for the batch."""
         raise NotImplementedError
 
-    def probabilities(self, logits: torch.Tensor, logit_scale: float) -> torch.Tensor:
-        """Return class probabilities ``[B, C]`` (the ``score`` reported to users)."""
+    def probabilities(self, logits: torch.Tensor, logit_scale: float, logit_bias: float | None = None) -> torch.Tensor:
+        """Return class probabilities ``[B, C]`` (the ``score`` reported to users) from cosine logits.
+
+        ``softmax(logit_scale * cos)`` over the classes; for models trained with a sigmoid loss
+        (``logit_bias`` not None: SigLIP) each class's own ``sigmoid(logit_scale * cos + logit_bias)``,
+        as the Hugging Face zero-shot pipeline reports them (they need not sum to 1).
+        """
         import torch
 
+        if logit_bias is not None:
+            return torch.sigmoid(logits * logit_scale + logit_bias)
         return torch.softmax(logits * logit_scale, dim=-1)
 
     def config(self) -> dict[str, Any]:

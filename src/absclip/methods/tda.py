@@ -134,8 +134,8 @@ class TDAMethod(Method):
         state.images += 1
         return out
 
-    def probabilities(self, logits: torch.Tensor, logit_scale: float) -> torch.Tensor:
-        # TDA's logits are already scaled (``logit_scale`` of its settings)
+    def probabilities(self, logits: torch.Tensor, logit_scale: float, logit_bias: float | None = None) -> torch.Tensor:
+        # TDA's logits are already scaled (``logit_scale`` of its settings); a SigLIP bias does not apply
         import torch
 
         return torch.softmax(logits, dim=-1)

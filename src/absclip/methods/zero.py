@@ -67,6 +67,6 @@ class ZeroMethod(ClipMethod):
         scale = float(ctx.backbone.logit_scale)
         return torch.stack([zero_votes(v @ self.classifier.float().T, scale, s.keep) for v in views])
 
-    def probabilities(self, logits: torch.Tensor, logit_scale: float) -> torch.Tensor:
-        # the logits are vote counts: the score is a class's share of the votes
+    def probabilities(self, logits: torch.Tensor, logit_scale: float, logit_bias: float | None = None) -> torch.Tensor:
+        # the logits are vote counts: the score is a class's share of the votes (whatever the model's bias)
         return logits / logits.sum(-1, keepdim=True).clamp_min(1e-12)
