@@ -64,6 +64,9 @@ SLOW_TESTS = {
     "test_changed_settings_are_refused",
     "test_report_renders_in_headless_chromium",
     "test_sigterm_on_the_ray_driver_is_an_interrupt",
+    "test_every_source_gives_the_same_results",
+    "test_label_reads_shards",
+    "test_kill_and_resume_on_shards",
 }
 
 
