@@ -185,7 +185,7 @@ def test_readers_yield_the_same_photos(sources, photos):
     for name in ("shards", "hf", "parquet"):
         dset = open_data(sources[name])
         assert dset.kind == ("webdataset" if name == "shards" else "hf")
-        assert list(dset.default_classes().names) == [c for _, c in photos]
+        assert dset.default_class_names() == [c for _, c in photos]
         samples = list(dset.samples(classes))
         assert [(make_item(s.data).key, s.label) for s in samples] == want, name
         assert len({s.path for s in samples}) == N

@@ -280,11 +280,13 @@ def open_data_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
         if dset.default_classes_file() and local:
             args.classes_file = dset.default_classes_file()
         else:
-            classes = dset.default_classes()
-            if classes is None:
+            from absclip.text.classes import ClassList
+
+            names = dset.default_class_names()
+            if names is None:
                 raise AbsclipError(f"{args.data} does not name its classes (no classnames.txt beside the shards, no "
                                    "ClassLabel feature); give `classes` or `classes_file`.")
-            return dset, classes
+            return dset, ClassList.from_names(names)
     return dset, load_classes(args.classes, args.classes_file)
 
 

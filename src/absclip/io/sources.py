@@ -245,19 +245,17 @@ class DataSet:
         """How many samples there are when the source knows without reading them (shards do not)."""
         return self.hf.total if self.hf is not None else None
 
-    def default_classes(self) -> ClassList | None:
-        """Return the classes the data set names itself: CLIP_benchmark's ``classnames.txt`` beside the
-        shards, or the HF ``ClassLabel`` names; None when it names none."""
-        from absclip.text.classes import ClassList, load_classes
-
+    def default_class_names(self) -> list[str] | None:
+        """Return the class names the data set names itself: the HF ``ClassLabel`` names, or CLIP_benchmark's
+        ``classnames.txt`` beside the shards (one name a line); None when it names none."""
         if self.hf is not None and self.hf.label_names:
-            return ClassList.from_names(self.hf.label_names)
+            return list(self.hf.label_names)
         path = self.default_classes_file()
-        if path and "://" in path:  # one name per line, as CLIP_benchmark writes it
-            from absclip.io.uris import read_bytes
+        if not path:
+            return None
+        from absclip.io.uris import read_bytes
 
-            return ClassList.from_names([n for n in read_bytes(path).decode("utf-8").splitlines() if n.strip()])
-        return load_classes(None, path) if path else None
+        return [n.strip() for n in read_bytes(path).decode("utf-8-sig").splitlines() if n.strip()]
 
     def default_classes_file(self) -> str | None:
         """Return CLIP_benchmark's ``classnames.txt`` beside the shards (None when absent or not shards)."""
