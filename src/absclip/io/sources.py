@@ -125,8 +125,6 @@ def folder_samples(root: str, classes: ClassList | None) -> list[Sample]:
             labels[name] = _label_of(name, classes, f"folder {name}")
         out.append(Sample(path, labels[name]))
     if not out:
-        if not any("/" in r for r in listing.relative) and not listing.files:
-            raise AbsclipError(f"No images found under {root}.")
         raise AbsclipError(f"{root} has no labels.csv and no class sub-folders with images; cannot tell the labels.")
     return out
 
