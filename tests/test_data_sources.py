@@ -342,3 +342,16 @@ def test_ray_and_local_see_the_same_tricky_folder(ray_instance, tricky, tmp_path
         recs = read_records(doc["predictions"])
         assert sorted((r["path"], r["label"]) for r in recs) == sorted(expected)  # each image once, NFD labelled
     assert [r["metrics"] for r in docs["ray"]["results"]] == [r["metrics"] for r in docs["local"]["results"]]
+
+
+def test_a_stored_sample_is_found_again_by_identity(sources, photos):
+    """Reports and explanations open a record's path again: shard members and dataset rows are found by identity."""
+    from absclip.errors import BadImageError
+    from absclip.io.images import read_image_bytes
+    from absclip.io.sources import open_data
+
+    for name in ("shards", "hf", "parquet"):
+        ident = list(open_data(sources[name]).samples(None))[5].path
+        assert read_image_bytes(ident) == photos[5][0].read_bytes(), name
+    with pytest.raises(BadImageError, match="no such file"):
+        read_image_bytes(sources["shards"].replace("{0..2}", "0") + "#nope")

@@ -247,7 +247,7 @@ def open_hf(data: str, *, image_column: str | None = None, label_column: str | N
 
 
 def _batches(part: Part, kind: str, columns: list[str]) -> Iterator[tuple[int, Any]]:
-    """Yield ``(first row index, record batch)`` of the batches/row groups inside ``part``."""
+    """Yield ``(first row index, record batch)`` of the batches/row groups that overlap ``part``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -258,7 +258,7 @@ def _batches(part: Part, kind: str, columns: list[str]) -> Iterator[tuple[int, A
             row = 0
             for i in range(pf.metadata.num_row_groups):
                 n = pf.metadata.row_group(i).num_rows
-                if part.start <= row < part.stop:
+                if row < part.stop and row + n > part.start:
                     for b in pf.read_row_group(i, columns=columns).to_batches():
                         yield row, b
                         row += b.num_rows
@@ -268,7 +268,7 @@ def _batches(part: Part, kind: str, columns: list[str]) -> Iterator[tuple[int, A
     with _open_arrow(part.file) as src:
         row = 0
         for b in pa.ipc.open_stream(src):
-            if part.start <= row < part.stop:
+            if row < part.stop and row + b.num_rows > part.start:
                 yield row, b.select(columns)
             row += b.num_rows
 
@@ -299,6 +299,8 @@ def read_part(hf: HFData, part: Part, classes: ClassList | None) -> Iterator[Sam
         images = batch.column(0).to_pylist()
         labels = batch.column(1).to_pylist() if len(columns) > 1 else [None] * len(images)
         for i, (img, lab) in enumerate(zip(images, labels)):
+            if not part.start <= first + i < part.stop:
+                continue
             ident = f"{part.file}#{first + i}"
             label = -1
             if classes is not None:

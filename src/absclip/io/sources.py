@@ -309,3 +309,31 @@ def iter_batches(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]
     it = iter(samples)
     while chunk := list(itertools.islice(it, size)):
         yield chunk
+
+
+def stored_sample_bytes(identity: str) -> bytes | None:
+    """Return the image bytes of a sample stored inside a shard (``SHARD#KEY``) or a dataset file (``FILE#ROW``),
+    for the few images a report or an explanation shows again; None when ``identity`` names no such sample.
+
+    A shard is read up to the member (stream order), a dataset file one batch.
+    """
+    head, sep, tail = identity.rpartition("#")
+    if not sep or not tail:
+        return None
+    if head.lower().endswith(".tar"):
+        from absclip.io.webdataset import iter_shard, wds_sample
+
+        for key, members in iter_shard(head):
+            if key == tail:
+                return wds_sample(head, key, members, None).data
+        return None
+    if head.lower().endswith((".parquet", ".arrow")) and tail.isdigit():
+        from absclip.io.hfdata import Part, open_hf, read_part
+
+        row = int(tail)
+        hf = open_hf(os.path.dirname(head) if head.lower().endswith(".arrow") else head)
+        part = next((p for p in hf.parts if p.file == head and p.start <= row < p.stop), None)
+        if part is None:
+            return None
+        return next((s.data for s in read_part(hf, Part(head, row, row + 1), None) if s.path == identity), None)
+    return None
