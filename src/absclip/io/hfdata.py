@@ -65,7 +65,9 @@ def is_hf_dataset(data: str) -> bool:
         names = set(os.listdir(data))
         if {"state.json", "dataset_dict.json"} & names:
             return True
-        return any(n.endswith(".parquet") for n in names) and not _has_listing_or_images(data, names)
+        parquet = sorted(n for n in names if n.endswith(".parquet") and not n.startswith("."))
+        return bool(parquet) and not _has_listing_or_images(data, names) and _parquet_has_images(
+            os.path.join(data, parquet[0]))  # a labels.parquet listing of paths is not a dataset
     try:
         first = expand_braces(data)[0]
     except AbsclipError:
