@@ -3,12 +3,16 @@
 entering a block, finishing from a block, explicit attention (CLS row and all blocks) and patch embeddings.
 
 Names: ``--model hf:openai/clip-vit-base-patch16`` (hub name or local directory), or a local
-directory saved with ``save_pretrained`` whose ``config.json`` says ``"model_type": "clip"``."""
+directory saved with ``save_pretrained`` whose ``config.json`` says ``"model_type": "clip"``.
+
+Also the pieces every transformers adapter shares (:class:`HFBackbone`, the ``hf:`` spec, reading a
+checkpoint's JSON files, load errors); SigLIP and SigLIP2 are in :mod:`absclip.backbones.hf_siglip`."""
 
 from __future__ import annotations
 
 import json
 import os
+from abc import abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,17 +26,68 @@ from absclip.backbones.hub import dir_digest, download_hint, is_network_error
 from absclip.errors import AbsclipError, WeightsUnavailableError
 
 HF_PREFIX = "hf:"
+#: transformers model types loaded by :mod:`absclip.backbones.hf_siglip`
+SIGLIP_TYPES = ("siglip", "siglip2")
+
+
+def hf_source(model: str) -> tuple[str, bool]:
+    """Return ``(hub name or directory, whether it is a local directory)`` of an ``hf:`` spec (prefix optional)."""
+    src = model[len(HF_PREFIX):] if model.startswith(HF_PREFIX) else model
+    return src, os.path.isdir(src)
+
+
+def read_hf_json(src: str, filename: str, cache_dir: str | None = None) -> dict[str, Any] | None:
+    """Return a checkpoint's JSON file (``config.json``...) from its directory or the hub cache; None if absent.
+
+    Never downloads: a hub checkpoint's file is read only when it is already cached.
+    """
+    path: Any = Path(src) / filename
+    if not os.path.isdir(src):
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            path = try_to_load_from_cache(src, filename, cache_dir=cache_dir)
+        except Exception:  # noqa: BLE001 - not a valid repo name: nothing cached
+            return None
+        if not isinstance(path, str):
+            return None
+        path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def hf_model_type(model: str, cache_dir: str | None = None) -> str | None:
+    """Return the ``model_type`` of a transformers checkpoint spec from its local or cached config (None: unknown)."""
+    cfg = read_hf_json(hf_source(model)[0], "config.json", cache_dir)
+    return cfg.get("model_type") if cfg else None
 
 
 def is_hf_clip_dir(path: str) -> bool:
     """Return True if ``path`` is a directory holding a transformers CLIP model (``model_type == "clip"``)."""
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        return False
-    try:
-        return json.loads(cfg.read_text()).get("model_type") == "clip"
-    except (OSError, json.JSONDecodeError):
-        return False
+    return os.path.isdir(path) and hf_model_type(path) == "clip"
+
+
+def hf_load_error(e: Exception, src: str, local: bool, what: str) -> AbsclipError:
+    """Return the one-sentence error for a failed transformers load of ``what`` (e.g. "CLIP model") from ``src``."""
+    if not local and (is_network_error(e) or isinstance(e, OSError)):
+        return WeightsUnavailableError(
+            download_hint(f"Hugging Face {what} {src}", "the Hugging Face hub", "`model` hf:/path/to/dir")
+        )
+    return AbsclipError(f"Could not load the transformers {what} {src}: {str(e).splitlines()[0]}")
+
+
+def hf_identity(kind: str, src: str, local: bool) -> str:
+    """Return the cache identity of a transformers checkpoint (a directory by its content digest)."""
+    return f"{kind}:{dir_digest(src) if local else src}"
+
+
+def run_layer(layer: Any, x: torch.Tensor) -> torch.Tensor:
+    """Run one transformers encoder layer on ``x`` without an attention mask; return its hidden states."""
+    out = layer(x, None)
+    return out[0] if isinstance(out, tuple) else out
 
 
 class _Preprocess:
@@ -45,8 +100,8 @@ class _Preprocess:
         return self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
 
 
-class _Tokenizer:
-    """list[str] → ``[N, context]`` token ids, truncated (open_clip's tokenizer contract)."""
+class HFTokenizer:
+    """list[str] → ``[N, context]`` token ids, padded to ``context`` and truncated (open_clip's tokenizer contract)."""
 
     def __init__(self, tokenizer: Any, context_length: int) -> None:
         self.tokenizer = tokenizer
@@ -58,27 +113,24 @@ class _Tokenizer:
         return enc["input_ids"]
 
 
-class HFClipBackbone(Backbone):
-    """A transformers ``CLIPModel`` behind the :class:`~absclip.backbones.base.Backbone` protocol (batch-first)."""
+class HFBackbone(Backbone):
+    """What the transformers adapters share: a ViT tower in ``model.vision_model``, a text tower, a logit scale.
 
-    def __init__(self, model: Any, processor: Any, tokenizer: Any, *, name: str, identity: str,
-                 device: torch.device, dtype: torch.dtype) -> None:
+    Subclasses implement the image-side protocol and :meth:`_text_features`.
+    """
+
+    def __init__(self, model: Any, preprocess: Any, tokenizer: HFTokenizer, facts: BackboneFacts, *, name: str,
+                 identity: str, device: torch.device, dtype: torch.dtype) -> None:
         self.model = model.eval().requires_grad_(False)
-        self.processor = processor
-        self.preprocess = _Preprocess(processor)
-        vcfg = model.config.vision_config
-        tcfg = model.config.text_config
-        self.tokenizer = _Tokenizer(tokenizer, int(tcfg.max_position_embeddings))
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.facts = facts
         self.name = name
         self.pretrained = name
         self.identity = identity
         self.device = device
         self.dtype = dtype
         self.has_tokens = True
-        size, patch = int(vcfg.image_size), int(vcfg.patch_size)
-        self.facts = BackboneFacts((size, size), (patch, patch), (size // patch, size // patch),
-                                   int(vcfg.num_hidden_layers), int(vcfg.hidden_size), int(model.config.projection_dim),
-                                   int(vcfg.num_attention_heads), int(vcfg.intermediate_size))
 
     @property
     def logit_scale(self) -> float:
@@ -89,21 +141,10 @@ class HFClipBackbone(Backbone):
     def _layers(self) -> Any:
         return self.model.vision_model.encoder.layers
 
-    @staticmethod
-    def _run(layer: Any, x: torch.Tensor) -> torch.Tensor:
-        out = layer(x, None)
-        return out[0] if isinstance(out, tuple) else out
-
-    def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        vm = self.model.vision_model
-        return vm.pre_layrnorm(vm.embeddings(pixels.to(self.device, self.dtype)))
-
-    def _project(self, x: torch.Tensor) -> torch.Tensor:
-        """``post_layernorm`` and the visual projection of tokens ``[..., width]``; normalised fp32."""
-        pooled = self.model.vision_model.post_layernorm(x)
-        return F.normalize(self.model.visual_projection(pooled).float(), dim=-1)
+    _run = staticmethod(run_layer)
 
     def _qk(self, blk: Any, tokens: torch.Tensor, cls_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return fp32 ``(q, k)`` of one encoder layer for its input (``q`` of the first token only if ``cls_only``)."""
         attn = blk.self_attn
         h = blk.layer_norm1(tokens.to(self.device, self.dtype)).float()
         q = F.linear(h[:, :1] if cls_only else h, attn.q_proj.weight.float(), attn.q_proj.bias.float())
@@ -113,8 +154,48 @@ class HFClipBackbone(Backbone):
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Return normalised image embeddings ``[B, D]`` (fp32)."""
-        x = self.tokens_before(pixels, 0)
-        return self.forward_from(x, 0)
+        return self.forward_from(self.tokens_before(pixels, 0), 0)
+
+    @abstractmethod
+    def _text_features(self, ids: torch.Tensor) -> torch.Tensor:
+        """Return the (unnormalised) text embeddings of token ids ``[N, context]``."""
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str], batch_size: int = 256, *,
+                     on_batch: Callable[[int], Any] | None = None) -> torch.Tensor:
+        """Return normalised text embeddings ``[T, D]`` (fp32, CPU), full context length."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            ids = self.tokenizer(texts[i : i + batch_size]).to(self.device)
+            out.append(F.normalize(self._text_features(ids).float(), dim=-1).cpu())
+            if on_batch is not None:
+                on_batch(len(ids))
+        return torch.cat(out) if out else torch.zeros(0, self.facts.embed_dim)
+
+
+class HFClipBackbone(HFBackbone):
+    """A transformers ``CLIPModel`` behind the :class:`~absclip.backbones.base.Backbone` protocol (batch-first)."""
+
+    def __init__(self, model: Any, processor: Any, tokenizer: Any, *, name: str, identity: str,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        vcfg = model.config.vision_config
+        tcfg = model.config.text_config
+        size, patch = int(vcfg.image_size), int(vcfg.patch_size)
+        facts = BackboneFacts((size, size), (patch, patch), (size // patch, size // patch),
+                              int(vcfg.num_hidden_layers), int(vcfg.hidden_size), int(model.config.projection_dim),
+                              int(vcfg.num_attention_heads), int(vcfg.intermediate_size))
+        super().__init__(model, _Preprocess(processor), HFTokenizer(tokenizer, int(tcfg.max_position_embeddings)),
+                         facts, name=name, identity=identity, device=device, dtype=dtype)
+        self.processor = processor
+
+    def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        vm = self.model.vision_model
+        return vm.pre_layrnorm(vm.embeddings(pixels.to(self.device, self.dtype)))
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """``post_layernorm`` and the visual projection of tokens ``[..., width]``; normalised fp32."""
+        pooled = self.model.vision_model.post_layernorm(x)
+        return F.normalize(self.model.visual_projection(pooled).float(), dim=-1)
 
     @torch.inference_mode()
     def encode_images_dropped(self, pixels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -172,18 +253,8 @@ class HFClipBackbone(Backbone):
             x = self._run(blk, x)
         return self._project(x[:, 1:]).cpu()
 
-    @torch.inference_mode()
-    def encode_texts(self, texts: list[str], batch_size: int = 256, *,
-                     on_batch: Callable[[int], Any] | None = None) -> torch.Tensor:
-        """Return normalised text embeddings ``[T, D]`` (fp32, CPU), full context length."""
-        out = []
-        for i in range(0, len(texts), batch_size):
-            ids = self.tokenizer(texts[i : i + batch_size]).to(self.device)
-            pooled = self.model.text_model(input_ids=ids).pooler_output
-            out.append(F.normalize(self.model.text_projection(pooled).float(), dim=-1).cpu())
-            if on_batch is not None:
-                on_batch(len(ids))
-        return torch.cat(out) if out else torch.zeros(0, self.facts.embed_dim)
+    def _text_features(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.text_projection(self.model.text_model(input_ids=ids).pooler_output)
 
 
 def is_hf_clip(request: LoadRequest) -> bool:
@@ -191,15 +262,29 @@ def is_hf_clip(request: LoadRequest) -> bool:
     return request.model.startswith(HF_PREFIX) or is_hf_clip_dir(request.model)
 
 
-def load_hf_clip(request: LoadRequest) -> HFClipBackbone:
-    """Return an :class:`HFClipBackbone` for a hub name or local directory (``hf:`` prefix optional)."""
-    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+def load_hf_clip(request: LoadRequest) -> HFBackbone:
+    """Return an :class:`HFClipBackbone` for a hub name or local directory (``hf:`` prefix optional).
+
+    A SigLIP checkpoint whose name did not say so (its config not yet cached) goes to
+    :func:`absclip.backbones.hf_siglip.load_hf_siglip` once its config is read.
+    """
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, CLIPModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    name, device, dtype = request.model, request.device, request.dtype
-    src = name[len(HF_PREFIX):] if name.startswith(HF_PREFIX) else name
-    local = os.path.isdir(src)
+    device, dtype = request.device, request.dtype
+    src, local = hf_source(request.model)
+    try:
+        kind = AutoConfig.from_pretrained(src, cache_dir=request.weights_dir).model_type
+    except Exception as e:
+        raise hf_load_error(e, src, local, "CLIP model") from e
+    if kind in SIGLIP_TYPES:
+        from absclip.backbones.hf_siglip import load_hf_siglip
+
+        return load_hf_siglip(request)
+    if kind != "clip":
+        raise AbsclipError(f"{src} is a transformers {kind!r} model; absclip loads clip, siglip and siglip2 "
+                           "checkpoints from `model` hf:NAME_OR_DIR.")
     try:
         model = CLIPModel.from_pretrained(src, cache_dir=request.weights_dir)
         try:
@@ -208,12 +293,8 @@ def load_hf_clip(request: LoadRequest) -> HFClipBackbone:
             processor = AutoImageProcessor.from_pretrained(src, use_fast=False)
         tokenizer = AutoTokenizer.from_pretrained(src)
     except Exception as e:
-        if not local and is_network_error(e) or isinstance(e, OSError) and not local:
-            raise WeightsUnavailableError(
-                download_hint(f"Hugging Face CLIP model {src}", "the Hugging Face hub", "`model` hf:/path/to/dir")
-            ) from e
-        raise AbsclipError(f"Could not load the transformers CLIP model {src}: {str(e).splitlines()[0]}") from e
-    identity = f"hf-clip:{dir_digest(src) if local else src}"
+        raise hf_load_error(e, src, local, "CLIP model") from e
+    identity = hf_identity("hf-clip", src, local)
     model = model.to(device, dtype)
     return HFClipBackbone(model, processor, tokenizer, name=src, identity=identity, device=device, dtype=dtype)
 

@@ -74,7 +74,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['method']:<{width}}  {r['description']}")
         for st in r["settings"]:
-            default = ",".join(f"{x:g}" for x in st["default"]) if isinstance(st["default"], list) else st["default"]
+            default = st["default"]
+            if isinstance(default, list):  # a LO,HI pair as its flag takes it; other lists (templates) as JSON
+                default = ",".join(f"{x:g}" for x in default) if all(isinstance(x, float) for x in default) \
+                    else json_text(default)
             flag = f"  ({st['flag']})" if st["flag"] else ""
             print(f"{'':<{width}}    {st['name']} = {default}{flag}")
     return 0

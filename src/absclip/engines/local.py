@@ -8,6 +8,7 @@ run whose settings differ from the file's is refused rather than mixed."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -54,13 +55,35 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+#: how the local engine orders the stream of a run with a stateful method (recorded in its run spec)
+STREAM_ORDER = "images sorted by sha256(seed, image identity)"
+
+
+def stream_order(samples: Sequence[Sample], seed: int) -> list[Sample]:
+    """Return ``samples`` in the one seeded order of an online (stateful) method's stream.
+
+    A shuffle that depends only on the seed and each image's identity (its path or URI), not on the
+    listing order, batch size or resumption: the same images and seed give the same stream.
+    """
+    def rank(s: Sample) -> bytes:
+        return hashlib.sha256(f"{int(seed)}\x00{sample_identity(s.path)}".encode()).digest()
+
+    return sorted(samples, key=rank)
+
+
+def stateful_methods(clf: Classifier, methods: Sequence[str]) -> list[str]:
+    """Return the methods among ``methods`` whose predictions depend on the order of the images."""
+    return [m for m in methods if clf.method(m).stateful]
+
+
 def run_spec(clf: Classifier, methods: Sequence[str], top: int) -> dict[str, Any]:
     """Return everything that changes the predictions of ``methods`` (hashed by :func:`run_id_for`).
 
-    Prepares the methods (encodes their texts) if that has not happened yet.
+    Prepares the methods (encodes their texts) if that has not happened yet. A run with a stateful
+    method also records the order its stream is processed in (``stream``).
     """
     prepared = {m: clf.method(m) for m in methods}
-    return {
+    spec = {
         "backbone": clf.backbone.identity,
         "attention": clf.attention.identity if any(prepared[m].needs_attention for m in methods) else None,
         "methods": {m: {"config": prepared[m].config(), "bank": prepared[m].bank_digest} for m in methods},
@@ -69,6 +92,10 @@ def run_spec(clf: Classifier, methods: Sequence[str], top: int) -> dict[str, Any
         "top": top,
         "dtype": str(clf.backbone.dtype),
     }
+    stateful = stateful_methods(clf, methods)
+    if stateful:
+        spec["stream"] = {"methods": stateful, "order": STREAM_ORDER, "seed": clf.seed}
+    return spec
 
 
 def predict_batch(
@@ -150,7 +177,8 @@ def predict_records(
     decoded (an unreadable image becomes records with ``skip_reason``), predicted with
     :func:`predict_batch`, and written one record per (image, method) as soon as known. A sample is
     done when ``writer.done`` holds a record for each method, keyed by
-    :func:`absclip.io.records.record_key`. SIGTERM is treated as Ctrl-C.
+    :func:`absclip.io.records.record_key`. SIGTERM is treated as Ctrl-C. A stateful (online) method
+    needs its one seeded stream order, so its samples are gathered first (bytes included).
 
     Args:
         clf: the classifier, classes set.
@@ -168,12 +196,24 @@ def predict_records(
     from tqdm.auto import tqdm
 
     methods = list(methods)
+    stateful = stateful_methods(clf, methods)
+    if stateful:  # one stream in one recorded order, from empty state: the whole listing is needed first
+        first: dict[str, Sample] = {}
+        for s in samples:
+            first.setdefault(sample_identity(s.path), s)
+        samples = stream_order(list(first.values()), clf.seed)
     if isinstance(samples, Sized):
         total = len(samples)
 
     def finished(ident: str) -> bool:
         return all((ident, m) in writer.done for m in methods)
 
+    if stateful and any((sample_identity(s.path), m) in writer.done for s in samples for m in stateful) and not all(
+            finished(sample_identity(s.path)) for s in samples):
+        raise AbsclipError(f"Method {stateful[0]!r} learns from every earlier image, so an interrupted run cannot "
+                           "be resumed: run it again with `overwrite`.")
+    for m in stateful:
+        clf.method(m).reset()
     already = sum(1 for i in {k[0] for k in writer.done} if finished(i))
     if already:
         log.warning("Resuming: %d%s images already done in %s.", already, f" of {total}" if total else "",

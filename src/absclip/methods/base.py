@@ -113,12 +113,18 @@ class Method:
 
     A method with settings names their frozen dataclass in ``settings_type``; its instance is
     ``self.settings``. Methods keep only their prepared text side between batches: whatever a
-    caller needs besides logits (views, geometry) is returned, never left on the object.
+    caller needs besides logits (views, geometry) is returned, never left on the object. The one
+    exception is a ``stateful`` (online) method such as TDA: its predictions depend on the images
+    before it in the stream, which it remembers until :meth:`reset`. Engines that run one stream
+    call :meth:`reset` first and feed the images in one recorded, seeded order
+    (:func:`absclip.engines.local.stream_order`); engines that cannot keep one order refuse it.
     """
 
     name: ClassVar[str] = ""
     needs_attention: ClassVar[bool] = False
     needs_tokens: ClassVar[bool] = False
+    #: predictions depend on the earlier images of the stream (state kept across batches until :meth:`reset`)
+    stateful: ClassVar[bool] = False
     settings_type: ClassVar[type | None] = None
 
     def __init__(self, settings: Any = None) -> None:
@@ -178,6 +184,9 @@ class Method:
     def prepare(self, inputs: TextInputs, encoder: TextEncoder) -> None:
         """Build and encode the text side once (stored on the method)."""
         raise NotImplementedError
+
+    def reset(self) -> None:
+        """Start a new stream: forget what a ``stateful`` method learnt from earlier images (others: nothing)."""
 
     def logits(self, ctx: BatchContext, seed: int) -> torch.Tensor:
         """Return logits ``[B, C]`` for the batch."""

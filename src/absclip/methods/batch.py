@@ -18,7 +18,7 @@ import torch
 
 from absclip.attention.sources import AttentionSource, ClipSelfAttention
 from absclip.backbones.base import Backbone
-from absclip.core import views
+from absclip.core import augment, views
 from absclip.core.timer import NULL_TIMER, StageTimer
 from absclip.io.images import ImageItem
 
@@ -108,6 +108,73 @@ class BatchContext:
             return src([it.image for it in self.items])
 
         return self._get("attention", compute)
+
+    def augmented(self, seed: int, views_per_image: int, scale: tuple[float, float] = augment.DEFAULT_SCALE,
+                  ratio: tuple[float, float] = augment.DEFAULT_RATIO, flip_p: float = 0.5) -> list[torch.Tensor]:
+        """Return each image's view embeddings ``[1 + n, D]``: the full image, then ``n`` augmented views.
+
+        The views are torchvision ``RandomResizedCrop(S, scale, ratio)`` + ``RandomHorizontalFlip(flip_p)``
+        of the original image (``S`` the encoder's input side), drawn from the image's own generator
+        ``image_rng(seed, key, "augment")`` (:mod:`absclip.core.augment`), so methods asking for the
+        same views (ZERO and MTA: 63) share one encoding per batch.
+        """
+        key = f"augmented:{seed}:{views_per_image}:{tuple(scale)}:{tuple(ratio)}:{flip_p}"
+
+        def compute() -> list[torch.Tensor]:
+            from absclip.core.sampling import image_rng
+
+            jobs, counts = [], []
+            for item in self.items:
+                rng = image_rng(seed, item.key, "augment")
+                crops = augment.random_resized_crop_boxes(rng, *item.size, views_per_image, scale, ratio)
+                flipped = augment.flips(rng, views_per_image, flip_p)
+                jobs += [(item, c, f) for c, f in zip(crops, flipped, strict=True)]
+                counts.append(len(crops))
+            emb = torch.zeros(0, self.backbone.facts.embed_dim)
+            chunks = []
+            for i in range(0, len(jobs), self.view_batch):
+                with self.timer("crop geometry + resize"):
+                    px = self.augmented_pixels(jobs[i : i + self.view_batch])
+                with self.timer("image encoding"):
+                    chunks.append(self.encode_crops(px))
+            if chunks:
+                emb = torch.cat(chunks)
+            full = self.full.cpu()
+            out, off = [], 0
+            for b, n in enumerate(counts):  # fp32 on the CPU: the methods' maths (voting, MeanShift) is not fp16's
+                out.append(torch.cat([full[b : b + 1].float(), emb[off : off + n].float()]))
+                off += n
+            return out
+
+        return self._get(key, compute)
+
+    def augmented_pixels(self, jobs: Sequence[tuple[ImageItem, augment.CropBox, bool]]) -> list[torch.Tensor]:
+        """Return preprocessed augmented views ``[3, S, S]`` for ``(image, (left, top, w, h), flip)`` jobs.
+
+        As torchvision's ``RandomResizedCrop`` + ``RandomHorizontalFlip`` on a PIL image: crop, bilinear
+        resize to ``S`` × ``S``, flip; then the model's tensor conversion and normalisation (its resize
+        and centre crop are no-ops on an ``S`` × ``S`` image and are skipped when they can be split off).
+        """
+        from PIL import Image
+
+        h, w = self.backbone.facts.image_size
+        pre = self.backbone.preprocess
+        split = split_preprocess(pre)
+
+        def one(job: tuple[ImageItem, augment.CropBox, bool]) -> Any:
+            im = job[0].image.crop(augment.pil_box(job[1])).resize((w, h), Image.BILINEAR)
+            return im.transpose(Image.FLIP_LEFT_RIGHT) if job[2] else im
+
+        if self.crop_workers > 0 and len(jobs) > 1:
+            with ThreadPoolExecutor(self.crop_workers) as pool:
+                outs = list(pool.map(one, jobs))
+        else:
+            outs = [one(j) for j in jobs]
+        if split is None:
+            return [pre(im) for im in outs]
+        _, mean, std = split
+        x = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in outs])).permute(0, 3, 1, 2)
+        return list(x.contiguous().to(torch.float32).div(255).sub_(mean).div_(std))
 
     def encode_crops(self, crops: Sequence[torch.Tensor], keep: torch.Tensor | None = None) -> torch.Tensor:
         """Encode preprocessed crops ``[N, 3, S, S]`` in chunks of ``view_batch``; return ``[N, D]``.

@@ -21,6 +21,7 @@ from absclip.io.images import DEFAULT_MAX_PIXELS
 from absclip.io.records import settings_differences
 from absclip.io.shards import OutputDir
 from absclip.io.sources import open_data
+from absclip.methods.base import get_method_class
 
 log = logging.getLogger(__package__)  # "absclip.engines.ray", the logger of the module before the split
 
@@ -98,6 +99,10 @@ def run_pipeline(
 
     options = options or RayOptions()
     methods = list(dict.fromkeys(methods))
+    online = [m for m in methods if get_method_class(m).stateful]
+    if online:  # actors see images in no fixed order, so one stream (one set of caches) cannot be kept
+        raise AbsclipError(f"Method {online[0]!r} learns from the stream of earlier images, which the Ray engine "
+                           "processes in no fixed order; run it with the local engine.")
     with ray_session(options.address) as (ray, started):
         out = OutputDir(output)
         if overwrite:
