@@ -162,7 +162,9 @@ def run_pipeline(
         seconds = 0.0
         if streamed:
             classes = recipe.classes if labelled else None
-            source = stream_dataset(ray, dset, classes, limit=limit, done=frozenset(done))
+            def source() -> Any:
+                return stream_dataset(ray, dset, classes, limit=limit, done=frozenset(done))
+
             seconds = _execute(ray, source, recipe, methods_ref, meta, methods, keep or top, attempt, plan, options,
                                max_pixels, out, ordered=limit is not None)
         else:
@@ -171,7 +173,10 @@ def run_pipeline(
                                         pa.int64()))
             if todo.num_rows:
                 bs = plan.decode_batch_size  # one block per batch: every actor gets work from the first batch on
-                source = ray.data.from_arrow([todo.slice(i, bs) for i in range(0, todo.num_rows, bs)])
+
+                def source() -> Any:
+                    return ray.data.from_arrow([todo.slice(i, bs) for i in range(0, todo.num_rows, bs)])
+
                 seconds = _execute(ray, source, recipe, methods_ref, meta, methods, keep or top, attempt, plan,
                                    options, max_pixels, out)
         rows = out.read()
@@ -209,11 +214,12 @@ def _map_batches(ds: Any, fn: Any, retry_args: dict[str, Any], **kwargs: Any) ->
         return ds.map_batches(fn, **kwargs)
 
 
-def _execute(ray: Any, source: Any, recipe: ClassifierRecipe, methods_ref: Any,
+def _execute(ray: Any, source: Callable[[], Any], recipe: ClassifierRecipe, methods_ref: Any,
              meta: dict[str, Any], methods: list[str], top: int, attempt: str, plan: Plan, options: RayOptions,
              max_pixels: int | None, out: OutputDir, ordered: bool = False) -> float:
-    """Build and run the Ray Data pipeline over the dataset ``source`` (rows ``path, label`` and, for streamed
-    sources, ``data, error``); return its wall time (s). ``ordered``: keep the source's order (``--limit``)."""
+    """Build and run the Ray Data pipeline over the dataset ``source()`` makes (rows ``path, label`` and, for
+    streamed sources, ``data, error``; made here, after the context settings, which datasets take when they
+    are created); return its wall time (s). ``ordered``: keep the source's order (``--limit``)."""
     ctx = ray.data.DataContext.get_current()  # datasets take these settings when they are created
     saved = (ctx.enable_progress_bars, ctx.actor_task_retry_on_errors, ctx.execution_options.preserve_order)
     ctx.enable_progress_bars = options.progress
@@ -226,10 +232,10 @@ def _execute(ray: Any, source: Any, recipe: ClassifierRecipe, methods_ref: Any,
         ctx.enable_progress_bars, ctx.actor_task_retry_on_errors, ctx.execution_options.preserve_order = saved
 
 
-def _run_stages(ray: Any, source: Any, recipe: ClassifierRecipe, methods_ref: Any, meta: dict[str, Any],
+def _run_stages(ray: Any, source: Callable[[], Any], recipe: ClassifierRecipe, methods_ref: Any, meta: dict[str, Any],
                 methods: list[str], top: int, attempt: str, plan: Plan, options: RayOptions, max_pixels: int | None,
                 out: OutputDir) -> float:
-    ds = _map_batches(source, decode_images, {"max_retries": options.retries, "retry_exceptions": [OSError]},
+    ds = _map_batches(source(), decode_images, {"max_retries": options.retries, "retry_exceptions": [OSError]},
                       batch_format="pyarrow", batch_size=plan.decode_batch_size, fn_kwargs={"max_pixels": max_pixels},
                       num_cpus=DECODE_CPUS)
     actor_retries = {"max_restarts": -1, "max_task_retries": options.retries}
