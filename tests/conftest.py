@@ -71,6 +71,9 @@ SLOW_TESTS = {
     "test_bench_naive_pipeline_agrees_and_counts_flops",
     "test_batch_size_and_listing_order_do_not_change_results",
     "test_bench_each_method_on_the_same_images",
+    "test_every_source_gives_the_same_results",
+    "test_label_reads_shards",
+    "test_kill_and_resume_on_shards",
 }
 
 

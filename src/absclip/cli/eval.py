@@ -17,15 +17,15 @@ log = logging.getLogger("absclip")
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """absclip eval: metrics per method, prediction records (JSONL, or Parquet on Ray), results JSON, report."""
+    from absclip.cli.options import open_data_inputs
     from absclip.engines.local import evaluate
-    from absclip.io.sources import load_samples, take
+    from absclip.io.sources import take
     from absclip.methods.base import get_method_class
-    from absclip.text.classes import load_classes
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
         get_method_class(m)
-    classes = load_classes(args.classes, args.classes_file)
+    dset, classes = open_data_inputs(args)
     if getattr(args, "engine", "local") == "ray":  # scale-out engine (absclip.engines.ray): same results document
         doc = eval_on_ray(args, classes, methods)
         if args.report:  # from the Parquet records; thumbnails (the model is not loaded on the driver)
@@ -33,17 +33,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
             write_report(doc, args.report, max_images=args.report_max_images, progress=not args.no_progress)
         return print_eval_results(doc, args)
-    samples = take(load_samples(args.data, classes, image_column=args.image_column,
-                                label_column=args.label_column), args.limit)
+    samples = take(dset.samples(classes), args.limit)
+    total = dset.total if args.limit is None or dset.total is None else min(args.limit, dset.total)
     from absclip.text.sources import read_texts
 
     texts = read_texts(args.descriptions, args.descriptors, args.templates, descriptions_dir=args.descriptions_dir)
     clf = build_classifier(args, methods)  # after every user file was read
     clf.set_classes(classes, texts=texts)
-    dataset = args.dataset_name or os.path.basename(os.path.normpath(args.data))
-    doc = evaluate(clf, samples, methods, output=args.output, predictions=args.predictions, dataset=dataset,
-                   top=args.top, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
-                   max_pixels=args.max_pixels,
+    doc = evaluate(clf, samples, methods, output=args.output, predictions=args.predictions,
+                   dataset=dataset_name(args), top=args.top, resume=args.resume, overwrite=args.overwrite,
+                   progress=not args.no_progress, max_pixels=args.max_pixels, total=total,
                    extra_config={"data": args.data, "classes_file": args.classes_file,
                                  "descriptions": args.descriptions, "limit": args.limit})
     if args.report:
@@ -51,6 +50,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         write_report(doc, args.report, clf=clf, max_images=args.report_max_images, progress=not args.no_progress)
     return print_eval_results(doc, args)
+
+
+def dataset_name(args: argparse.Namespace) -> str:
+    """Return the data set's name for the results: ``--dataset-name``, else the data folder's name (for shards
+    ``DIR/test/{0..N}.tar``, CLIP_benchmark's ``wds_NAME`` folder: ``DIR``)."""
+    if args.dataset_name:
+        return args.dataset_name
+    path = os.path.normpath(str(args.data).split("{", 1)[0])
+    if str(args.data).lower().endswith(".tar") or "{" in str(args.data):
+        path = os.path.dirname(path) if not path.endswith(os.sep) else path
+        if os.path.basename(path) in ("test", "train", "validation", "val"):
+            path = os.path.dirname(path)
+    return os.path.basename(path)
 
 
 def print_eval_results(doc: dict[str, Any], args: argparse.Namespace) -> int:
@@ -76,9 +88,8 @@ def eval_on_ray(args: argparse.Namespace, classes: Any, methods: list[str]) -> d
     from absclip.engines.ray import evaluate_ray, import_ray
 
     import_ray()
-    dataset = args.dataset_name or os.path.basename(os.path.normpath(args.data))
     doc = evaluate_ray(recipe(args, classes), args.data, methods, output=args.output, predictions=args.predictions,
-                       dataset=dataset, top=args.top, options=ray_options(args), resume=args.resume,
+                       dataset=dataset_name(args), top=args.top, options=ray_options(args), resume=args.resume,
                        overwrite=args.overwrite, max_pixels=args.max_pixels, limit=args.limit,
                        image_column=args.image_column, label_column=args.label_column, announce=_announce,
                        extra_config={"data": args.data, "classes_file": args.classes_file,

@@ -10,11 +10,11 @@ from absclip.io.files import json_text
 
 def cmd_label(args: argparse.Namespace) -> int:
     """absclip label: label, score and top-k for every image, written to --output."""
+    from absclip.cli.options import open_data_inputs
     from absclip.methods.base import get_method_class
-    from absclip.text.classes import load_classes
 
     get_method_class(args.method)
-    classes = load_classes(args.classes, args.classes_file)
+    dset, classes = open_data_inputs(args)
     extra = {"data": args.data, "classes_file": args.classes_file, "descriptions": args.descriptions,
              "limit": args.limit}
     if args.engine == "ray":
@@ -26,18 +26,19 @@ def cmd_label(args: argparse.Namespace) -> int:
                             max_pixels=args.max_pixels, limit=args.limit, image_column=args.image_column,
                             announce=_announce, extra_config=extra)
     else:
-        from absclip.cli.options import build_classifier, read_class_inputs, set_classes
+        from absclip.cli.options import build_classifier, set_classes
         from absclip.engines.local import label_images
-        from absclip.io.sources import load_paths
+        from absclip.io.sources import take
+        from absclip.text.sources import read_texts
 
-        paths = load_paths(args.data, image_column=args.image_column)
-        paths = paths if args.limit is None else paths[: args.limit]
-        inputs = read_class_inputs(args)  # every user file is read before the model loads
-        clf = build_classifier(args, [args.method])
-        set_classes(clf, args, inputs)
-        summary = label_images(clf, paths, [args.method], output=args.output, top=args.top, resume=args.resume,
+        samples = take(dset.samples(None), args.limit)
+        total = dset.total if args.limit is None or dset.total is None else min(args.limit, dset.total)
+        texts = read_texts(args.descriptions, args.descriptors, args.templates, descriptions_dir=args.descriptions_dir)
+        clf = build_classifier(args, [args.method])  # after every user file was read
+        set_classes(clf, args, (classes, texts))
+        summary = label_images(clf, samples, [args.method], output=args.output, top=args.top, resume=args.resume,
                                overwrite=args.overwrite, progress=not args.no_progress, max_pixels=args.max_pixels,
-                               extra_config=extra)
+                               extra_config=extra, total=total)
     if args.json:
         print(json_text(summary, indent=2, default=str))
     else:
@@ -62,17 +63,21 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         epilog="examples:\n  absclip label photos/ --classes-file classes.txt --descriptions cupl.json --output out/\n"
                "  absclip label s3://bucket/list.parquet --classes-file classes.txt --output s3://bucket/labels/ \\\n"
                "      --engine ray --address auto --gpus-per-actor 1\n\n"
+               "  absclip label 'wds_imagenet1k/test/{0..63}.tar' --output out/   # classes: classnames.txt\n\n"
                "DATA: a folder of images (recursive), a CSV/TSV/JSONL listing with an image column (also Parquet "
-               "with --engine ray), or one image\n\n" + EPILOG_MODELS,
+               "with --engine ray), one image, webdataset shards or a HF dataset (see `absclip eval --help`)\n\n"
+               + EPILOG_MODELS,
     )
-    p.add_argument("data", metavar="DATA", help="folder, listing (CSV/TSV/JSONL; Parquet with Ray) or image; local "
-                                                "path, or with --engine ray any URI pyarrow reads (s3://, gs://, ...)")
-    class_options(p)
+    p.add_argument("data", metavar="DATA", help="folder, listing (CSV/TSV/JSONL; Parquet with Ray), image, "
+                                                "webdataset shards 'DIR/{0..N}.tar' or HF dataset; local path, or any "
+                                                "URI pyarrow reads (s3://, gs://, ...) for shards, Parquet and Ray")
+    class_options(p, data_default=True)
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (path, or URI with --engine ray)")
     p.add_argument("--method", default="abs", help=method_help("abs"))
     p.add_argument("--top", type=positive_int, default=5, help="labels and scores kept per image (default: 5)")
     p.add_argument("--limit", type=int, help="label only the first N images")
-    p.add_argument("--image-column", help="listing column with image paths (default: path/file/image...)")
+    p.add_argument("--image-column", help="listing column with image paths, or a HF dataset's image column "
+                                          "(default: path/file/image...; the Image feature)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue an interrupted run with the same settings (default: on)")
     p.add_argument("--overwrite", action="store_true", help="discard existing rows and start over")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from absclip.cli.classify import cmd_classify
 from absclip.cli.eval import cmd_eval
 from absclip.cli.listing import cmd_methods, cmd_models
-from absclip.cli.options import EPILOG_MODELS, class_options, method_help, model_options, positive_int
+from absclip.cli.options import DATA_HELP, EPILOG_MODELS, class_options, method_help, model_options, positive_int
 from absclip.errors import AbsclipError
 
 log = logging.getLogger("absclip")
@@ -64,10 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example:\n  absclip eval --data imagenet-sample --classes-file imagenet.json \\\n"
                               "      --descriptions CuPL_prompts_imagenet.json --methods clip,cupl,abs "
                               "--output results.json\n\n"
-                              "--data: a folder with labels.csv, an ImageFolder tree, or a CSV/TSV/JSONL listing\n\n"
+                              "  absclip eval --data 'wds_imagenet1k/test/{0..63}.tar' --methods clip  "
+                              "# CLIP_benchmark shards\n\n"
+                              "--data: a folder with labels.csv, an ImageFolder tree, a CSV/TSV/JSONL listing, "
+                              "webdataset shards or a HF dataset\n\n"
                               + EPILOG_MODELS)
-    p.add_argument("--data", required=True, help="folder (labels.csv or class sub-folders) or CSV/TSV/JSONL listing")
-    class_options(p)
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    class_options(p, data_default=True)
     p.add_argument("--methods", default="abs", help=f"comma-separated methods: {method_help('abs')}")
     p.add_argument("--output", default="results.json",
                    help="results JSON; put {method} in the name for one CLIP_benchmark file per method (default: "
@@ -75,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", help="per-image predictions JSONL (default: next to --output)")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
     p.add_argument("--dataset-name", help="dataset name recorded in the results (default: the data folder's name)")
-    p.add_argument("--image-column", help="listing column with image paths (default: path/file/image...)")
-    p.add_argument("--label-column", help="listing column with labels (default: label/target/imagenet_index/...)")
+    p.add_argument("--image-column", help="listing column with image paths, or a HF dataset's image column "
+                                          "(default: path/file/image...; the Image feature)")
+    p.add_argument("--label-column", help="listing or HF dataset column with labels (default: the ClassLabel "
+                                          "feature, label/target/...); for shards, the label member (cls/txt/json)")
     p.add_argument("--top", type=positive_int, default=5, help="top-k labels stored per image (default: 5)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue an interrupted run with the same settings (default: on)")

@@ -247,11 +247,50 @@ def positive_int(text: str) -> int:
     return n
 
 
-def class_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group(required=True)
+def class_options(p: argparse.ArgumentParser, *, data_default: bool = False) -> None:
+    """Add ``--classes``/``--classes-file``; required unless ``data_default`` (the data set may name its classes)."""
+    g = p.add_mutually_exclusive_group(required=not data_default)
     g.add_argument("--classes", help="comma-separated class names")
     g.add_argument("--classes-file", help="class names: .txt (one per line), .json list (names or synonym lists), "
-                                          ".csv/.tsv with a 'name' column")
+                                          ".csv/.tsv with a 'name' column"
+                                          + ("; default: the data's own (classnames.txt beside webdataset shards, a "
+                                             "HF dataset's ClassLabel names)" if data_default else ""))
+
+
+DATA_HELP = ("a folder (labels.csv or class sub-folders), a CSV/TSV/JSONL listing, webdataset shards "
+             "('DIR/test/{0..N}.tar'), a HF datasets save_to_disk folder or Parquet files with an image column; "
+             "local path, or any URI pyarrow reads for shards, Parquet and --engine ray")
+
+
+def open_data_inputs(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Open ``--data`` and return ``(DataSet, classes)``: the classes of ``--classes``/``--classes-file``, else the
+    data set's own; CLIP_benchmark's templates file beside shards becomes ``--templates`` when none is given.
+
+    Sets ``args.classes_file``/``args.templates`` to the defaults it used, so that the run records them.
+
+    Raises:
+        AbsclipError: no classes given and the data set names none.
+    """
+    from absclip.io.sources import open_data
+    from absclip.text.classes import load_classes
+
+    dset = open_data(args.data, image_column=getattr(args, "image_column", None),
+                     label_column=getattr(args, "label_column", None))
+    local = "://" not in str(dset.default_classes_file() or "")
+    if getattr(args, "templates", None) is None and dset.default_templates() and "://" not in dset.default_templates():
+        args.templates = dset.default_templates()
+    if args.classes is None and args.classes_file is None:
+        if dset.default_classes_file() and local:
+            args.classes_file = dset.default_classes_file()
+        else:
+            from absclip.text.classes import ClassList
+
+            names = dset.default_class_names()
+            if names is None:
+                raise AbsclipError(f"{args.data} does not name its classes (no classnames.txt beside the shards, no "
+                                   "ClassLabel feature); give `classes` or `classes_file`.")
+            return dset, ClassList.from_names(names)
+    return dset, load_classes(args.classes, args.classes_file)
 
 
 def expand_images(paths: Sequence[str]) -> list[str]:

@@ -13,8 +13,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence, Sized
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from absclip.errors import AbsclipError, BadImageError
 from absclip.io.files import atomic_write_json
 from absclip.io.images import DEFAULT_MAX_PIXELS, ImageItem, make_item
 from absclip.io.records import LOCAL_ROWS, SUMMARY, JsonlRecordWriter, RecordWriter, make_records, sample_identity
-from absclip.io.sources import Sample
+from absclip.io.sources import Sample, iter_batches
 from absclip.methods.batch import BatchContext
 
 log = logging.getLogger(__name__)
@@ -134,16 +134,31 @@ class LoopStats:
         todo: images it had to predict (the others were done by an earlier run).
         method_seconds: per method, compute seconds of this pass.
         attempt: this pass's id (the ``attempt`` of the records it wrote).
+        order: every sample's identity, once, in source order (the data set, for tallying).
     """
 
     todo: int
     method_seconds: dict[str, float]
     attempt: str = ""
+    order: list[str] = field(default_factory=list)
+
+
+def sample_item(s: Sample, max_pixels: int | None) -> ImageItem:
+    """Return the decoded image of a sample: its bytes (tar member, dataset cell) or its file.
+
+    Raises:
+        BadImageError: unreadable, or a sample without an image (its ``error``).
+    """
+    if s.error is not None:
+        raise BadImageError(s.error)
+    if s.data is not None:
+        return make_item(s.data, max_pixels=max_pixels, name=s.path)
+    return make_item(s.path, max_pixels=max_pixels)
 
 
 def predict_records(
     clf: Classifier,
-    samples: Sequence[Sample],
+    samples: Iterable[Sample],
     methods: Sequence[str],
     writer: RecordWriter,
     *,
@@ -153,13 +168,17 @@ def predict_records(
     desc: str,
     progress: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    total: int | None = None,
 ) -> LoopStats:
     """The local engine's one loop: predict every sample not yet done in ``writer`` and write its records.
 
-    Batches of ``clf.batch_size`` images are decoded (an unreadable image becomes records with
-    ``skip_reason``), predicted with :func:`predict_batch`, and written one record per (image,
-    method) as soon as known. A sample is done when ``writer.done`` holds a record for each
-    method, keyed by :func:`absclip.io.records.record_key`. SIGTERM is treated as Ctrl-C.
+    ``samples`` are consumed as a stream (a list, or a reader of shards or dataset files), so
+    memory does not hold more than a batch of images. Batches of ``clf.batch_size`` images are
+    decoded (an unreadable image becomes records with ``skip_reason``), predicted with
+    :func:`predict_batch`, and written one record per (image, method) as soon as known. A sample is
+    done when ``writer.done`` holds a record for each method, keyed by
+    :func:`absclip.io.records.record_key`. SIGTERM is treated as Ctrl-C. A stateful (online) method
+    needs its one seeded stream order, so its samples are gathered first (bytes included).
 
     Args:
         clf: the classifier, classes set.
@@ -172,25 +191,32 @@ def predict_records(
         desc: the progress bar's name.
         progress: show a progress bar.
         max_pixels: largest image decoded (None: no limit).
+        total: the number of samples when ``samples`` has no length but the source knows it (the bar's total).
     """
     from tqdm.auto import tqdm
 
     methods = list(methods)
-    first: dict[str, Sample] = {}
-    for s in samples:
-        first.setdefault(sample_identity(s.path), s)
-    unique = list(first.values())
     stateful = stateful_methods(clf, methods)
-    if stateful:  # one stream in one recorded order, from empty state
-        unique = stream_order(unique, clf.seed)
-    todo = [s for s in unique if not all((sample_identity(s.path), m) in writer.done for m in methods)]
-    if todo and any((sample_identity(s.path), m) in writer.done for s in unique for m in stateful):
+    if stateful:  # one stream in one recorded order, from empty state: the whole listing is needed first
+        first: dict[str, Sample] = {}
+        for s in samples:
+            first.setdefault(sample_identity(s.path), s)
+        samples = stream_order(list(first.values()), clf.seed)
+    if isinstance(samples, Sized):
+        total = len(samples)
+
+    def finished(ident: str) -> bool:
+        return all((ident, m) in writer.done for m in methods)
+
+    if stateful and any((sample_identity(s.path), m) in writer.done for s in samples for m in stateful) and not all(
+            finished(sample_identity(s.path)) for s in samples):
         raise AbsclipError(f"Method {stateful[0]!r} learns from every earlier image, so an interrupted run cannot "
                            "be resumed: run it again with `overwrite`.")
     for m in stateful:
         clf.method(m).reset()
-    if len(todo) < len(unique):
-        log.warning("Resuming: %d of %d images already done in %s.", len(unique) - len(todo), len(unique),
+    already = sum(1 for i in {k[0] for k in writer.done} if finished(i))
+    if already:
+        log.warning("Resuming: %d%s images already done in %s.", already, f" of {total}" if total else "",
                     getattr(writer, "path", "the output"))
     common = {"seed": clf.seed, "run": run_id, "attempt": f"{time.time_ns():x}", "top": top}
 
@@ -201,17 +227,34 @@ def predict_records(
             if (sample_identity(s.path), rec["method"]) not in writer.done:
                 writer.write(rec)
 
-    bar = tqdm(total=len(unique), initial=len(unique) - len(todo), desc=desc, unit="img", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
     method_seconds = dict.fromkeys(methods, 0.0)
+    seen: set[str] = set()
+    order: list[str] = []
+    todo = 0
+
+    def fresh(stream: Iterable[Sample]) -> Iterator[Sample]:
+        """The samples still to predict (each identity once); the others only advance the bar."""
+        for s in stream:
+            ident = sample_identity(s.path)
+            if ident in seen:
+                continue
+            seen.add(ident)
+            order.append(ident)
+            if finished(ident):
+                bar.update(1)
+                continue
+            yield s
+
     try:
         with sigterm_as_interrupt():
-            for i in range(0, len(todo), clf.batch_size):
+            for batch in iter_batches(fresh(samples), clf.batch_size):
+                todo += len(batch)
                 items: list[ImageItem] = []
                 kept: list[Sample] = []
-                for s in todo[i : i + clf.batch_size]:
+                for s in batch:
                     try:
-                        items.append(make_item(s.path, max_pixels=max_pixels))
+                        items.append(sample_item(s, max_pixels))
                         kept.append(s)
                     except BadImageError as e:
                         write(s, None, None, methods, reason=str(e))
@@ -228,12 +271,12 @@ def predict_records(
     finally:
         bar.close()
         writer.close()
-    return LoopStats(len(todo), method_seconds, common["attempt"])
+    return LoopStats(todo, method_seconds, common["attempt"], order)
 
 
 def evaluate(
     clf: Classifier,
-    samples: Sequence[Sample],
+    samples: Iterable[Sample],
     methods: Sequence[str],
     *,
     output: str | os.PathLike,
@@ -245,6 +288,7 @@ def evaluate(
     progress: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     extra_config: dict[str, Any] | None = None,
+    total: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``methods`` on labelled ``samples``; write prediction records (JSONL) and results (JSON).
 
@@ -255,7 +299,7 @@ def evaluate(
     Raises:
         AbsclipError: bad settings, a predictions file from another run.
     """
-    if not samples:
+    if isinstance(samples, Sized) and not samples:
         raise AbsclipError("There are no images to evaluate.")
     methods = list(dict.fromkeys(methods))
     spec = run_spec(clf, methods, top)  # text side once, before any image
@@ -267,16 +311,18 @@ def evaluate(
     writer = JsonlRecordWriter.open(pred_path, run_id, resume=resume, spec=spec)
     t0 = time.perf_counter()
     stats = predict_records(clf, samples, methods, writer, run_id=run_id, labelled=True, top=max(top, 5),
-                            desc="eval", progress=progress, max_pixels=max_pixels)
+                            desc="eval", progress=progress, max_pixels=max_pixels, total=total)
     elapsed = time.perf_counter() - t0
-    records, order = list(writer.done.values()), [s.path for s in samples]
+    records, order = list(writer.done.values()), stats.order
+    if not order:
+        raise AbsclipError("There are no images to evaluate.")
     per_method, skipped = tally(records, order, methods)
     earlier = [out_path.replace("{method}", m) for m in methods] if "{method}" in out_path else [out_path]
     timing = run_timing(records, order, attempt=stats.attempt, seconds=elapsed,
                         previous=previous_run_parts(earlier, run_id))
     doc = results_document(
         spec, per_method, model=clf.backbone.name, pretrained=clf.backbone.pretrained, dataset=dataset,
-        images=len(samples), skipped=skipped, predictions=str(pred_path), seconds=elapsed,
+        images=len(order), skipped=skipped, predictions=str(pred_path), seconds=elapsed,
         images_this_run=stats.todo, method_seconds=stats.method_seconds, extra_config=extra_config, timing=timing,
     )
     return write_results(doc, out_path)
@@ -284,7 +330,7 @@ def evaluate(
 
 def label_images(
     clf: Classifier,
-    paths: Sequence[str],
+    paths: Iterable[str | Sample],
     methods: Sequence[str],
     *,
     output: str | os.PathLike,
@@ -294,8 +340,11 @@ def label_images(
     progress: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     extra_config: dict[str, Any] | None = None,
+    total: int | None = None,
 ) -> dict[str, Any]:
     """Label images without ground truth; write prediction records to ``output/predictions.jsonl``.
+
+    ``paths`` are image paths or :class:`Sample` s (a stream of shard members or dataset rows).
 
     Returns the summary also written to ``output/_summary.json``: ``images``, ``labelled``,
     ``skipped`` (``[{file, reason}]``), ``run``, ``predictions``, ``config`` and ``timing``.
@@ -303,21 +352,26 @@ def label_images(
     Raises:
         AbsclipError: no images, bad settings, an output folder written with other settings.
     """
-    if not paths:
+    if isinstance(paths, Sized) and not paths:
         raise AbsclipError("There are no images to label.")
     methods = list(dict.fromkeys(methods))
     spec = run_spec(clf, methods, top)
     run_id = run_id_for(spec)
+    samples = (p if isinstance(p, Sample) else Sample(str(p), -1) for p in paths)
+    if isinstance(paths, Sized):
+        total = len(paths)
     out = Path(output)
     rows_path = out / LOCAL_ROWS
     if overwrite and rows_path.exists():
         rows_path.unlink()
     writer = JsonlRecordWriter.open(rows_path, run_id, resume=resume, spec=spec)
     t0 = time.perf_counter()
-    stats = predict_records(clf, [Sample(p, -1) for p in paths], methods, writer, run_id=run_id, labelled=False,
-                            top=top, desc="label", progress=progress, max_pixels=max_pixels)
+    stats = predict_records(clf, samples, methods, writer, run_id=run_id, labelled=False,
+                            top=top, desc="label", progress=progress, max_pixels=max_pixels, total=total)
     elapsed = time.perf_counter() - t0
-    records = list(writer.done.values())
+    records, paths = list(writer.done.values()), stats.order
+    if not paths:
+        raise AbsclipError("There are no images to label.")
     _, skipped = tally(records, paths, methods)
     summary = {
         "run": run_id, "engine": "local", "images": len(paths), "labelled": len(paths) - len(skipped),

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from absclip.engines.ray.inputs import read_listing
+from absclip.engines.ray.inputs import read_listing, stream_dataset, streamed_order
 from absclip.engines.ray.options import ClassifierRecipe, RayOptions
 from absclip.engines.ray.plan import ATTENTION_CPUS, DECODE_CPUS, WRITE_CPUS, Plan, make_plan
 from absclip.engines.ray.session import _unwrapped, ray_session
@@ -20,6 +20,7 @@ from absclip.errors import AbsclipError
 from absclip.io.images import DEFAULT_MAX_PIXELS
 from absclip.io.records import settings_differences
 from absclip.io.shards import OutputDir
+from absclip.io.sources import open_data
 from absclip.methods.base import get_method_class
 
 log = logging.getLogger(__package__)  # "absclip.engines.ray", the logger of the module before the split
@@ -112,12 +113,17 @@ def run_pipeline(
         task = ray.remote(prepare_text).options(num_cpus=min(cpus_text, resources.get("CPU", 1.0)), num_gpus=gpus,
                                                 num_returns=2, max_retries=options.retries)
         meta_ref, methods_ref = task.remote(recipe, methods, top, max(1, math.ceil(cpus_text)))  # while we list
-        listed = read_listing(data, classes=recipe.classes if labelled else None, image_column=image_column,
-                              label_column=label_column, limit=limit)
-        paths = listed.column("path").to_pylist()
-        labels = listed.column("label").to_pylist()
-        if not paths:
-            raise AbsclipError(f"There are no images in {data}.")
+        dset = open_data(data, image_column=image_column, label_column=label_column)
+        streamed = dset.kind != "files"  # shards and datasets are read by the pipeline itself, not listed here
+        if streamed:
+            listed, paths, labels = None, [], []
+        else:
+            listed = read_listing(data, classes=recipe.classes if labelled else None, image_column=image_column,
+                                  label_column=label_column, limit=limit)
+            paths = listed.column("path").to_pylist()
+            labels = listed.column("label").to_pylist()
+            if not paths:
+                raise AbsclipError(f"There are no images in {data}.")
         meta = _unwrapped(lambda: ray.get(meta_ref))
         if "random-init" in meta["spec"]["backbone"]:
             raise AbsclipError("The model has random weights, which differ in every Ray worker; save them once "
@@ -141,9 +147,10 @@ def run_pipeline(
                                 done_rows.column("skip_reason").to_pylist()):
             have.setdefault(p, set()).update(methods if reason else [m])
         done = [p for p, ms in have.items() if set(methods) <= ms]
-        n_done = len(set(done) & set(paths))
+        n_done = len(streamed_order(done, dset) if streamed else set(done) & set(paths))
         if n_done:
-            log.warning("Resuming: %d of %d images already done in %s.", n_done, len(set(paths)), output)
+            of = "" if streamed else f" of {len(set(paths))}"
+            log.warning("Resuming: %d%s images already done in %s.", n_done, of, output)
         out.write_json("_run.json", {"run": run_id, "spec": meta["spec"]})
 
         attention = meta["attention"]
@@ -153,12 +160,32 @@ def run_pipeline(
             announce(plan.describe())
         attempt = f"{time.time_ns():x}"
         seconds = 0.0
-        skip = set(done)  # already written, or listed twice: each image is predicted once
-        todo = listed.take(pa.array([i for i, p in enumerate(paths) if not (p in skip or skip.add(p))], pa.int64()))
-        if todo.num_rows:
-            seconds = _execute(ray, todo, recipe, methods_ref, meta, methods, keep or top, attempt, plan, options,
-                               max_pixels, out)
+        if streamed:
+            classes = recipe.classes if labelled else None
+            def source() -> Any:
+                return stream_dataset(ray, dset, classes, limit=limit, done=frozenset(done))
+
+            seconds = _execute(ray, source, recipe, methods_ref, meta, methods, keep or top, attempt, plan, options,
+                               max_pixels, out, ordered=limit is not None)
+        else:
+            skip = set(done)  # already written, or listed twice: each image is predicted once
+            todo = listed.take(pa.array([i for i, p in enumerate(paths) if not (p in skip or skip.add(p))],
+                                        pa.int64()))
+            if todo.num_rows:
+                bs = plan.decode_batch_size  # one block per batch: every actor gets work from the first batch on
+
+                def source() -> Any:
+                    return ray.data.from_arrow([todo.slice(i, bs) for i in range(0, todo.num_rows, bs)])
+
+                seconds = _execute(ray, source, recipe, methods_ref, meta, methods, keep or top, attempt, plan,
+                                   options, max_pixels, out)
         rows = out.read()
+        if streamed:  # the samples are what the pipeline read: the output's rows of these shards or files
+            paths = streamed_order(rows.column("path").to_pylist(), dset)
+            if limit is not None:
+                paths = paths[:limit]
+            if not paths:
+                raise AbsclipError(f"There are no images in {data}.")
         listed_rows = rows.filter(_is_in(rows.column("path"), paths))
         return RayRun(meta, plan, paths, labels, listed_rows, attempt, seconds, output)
 
@@ -187,28 +214,28 @@ def _map_batches(ds: Any, fn: Any, retry_args: dict[str, Any], **kwargs: Any) ->
         return ds.map_batches(fn, **kwargs)
 
 
-def _execute(ray: Any, todo: Any, recipe: ClassifierRecipe, methods_ref: Any,
+def _execute(ray: Any, source: Callable[[], Any], recipe: ClassifierRecipe, methods_ref: Any,
              meta: dict[str, Any], methods: list[str], top: int, attempt: str, plan: Plan, options: RayOptions,
-             max_pixels: int | None, out: OutputDir) -> float:
-    """Build and run the Ray Data pipeline over the ``(path, label)`` table ``todo``; return its wall time (s)."""
+             max_pixels: int | None, out: OutputDir, ordered: bool = False) -> float:
+    """Build and run the Ray Data pipeline over the dataset ``source()`` makes (rows ``path, label`` and, for
+    streamed sources, ``data, error``; made here, after the context settings, which datasets take when they
+    are created); return its wall time (s). ``ordered``: keep the source's order (``--limit``)."""
     ctx = ray.data.DataContext.get_current()  # datasets take these settings when they are created
     saved = (ctx.enable_progress_bars, ctx.actor_task_retry_on_errors, ctx.execution_options.preserve_order)
     ctx.enable_progress_bars = options.progress
     ctx.actor_task_retry_on_errors = True  # an error raised in one batch is retried (max_task_retries times)
-    ctx.execution_options.preserve_order = False
+    ctx.execution_options.preserve_order = ordered
     try:
-        return _run_stages(ray, todo, recipe, methods_ref, meta, methods, top, attempt, plan, options, max_pixels,
+        return _run_stages(ray, source, recipe, methods_ref, meta, methods, top, attempt, plan, options, max_pixels,
                            out)
     finally:
         ctx.enable_progress_bars, ctx.actor_task_retry_on_errors, ctx.execution_options.preserve_order = saved
 
 
-def _run_stages(ray: Any, todo: Any, recipe: ClassifierRecipe, methods_ref: Any, meta: dict[str, Any],
+def _run_stages(ray: Any, source: Callable[[], Any], recipe: ClassifierRecipe, methods_ref: Any, meta: dict[str, Any],
                 methods: list[str], top: int, attempt: str, plan: Plan, options: RayOptions, max_pixels: int | None,
                 out: OutputDir) -> float:
-    bs = plan.decode_batch_size  # one block per batch, so that every actor gets work from the first batch on
-    source = ray.data.from_arrow([todo.slice(i, bs) for i in range(0, todo.num_rows, bs)])
-    ds = _map_batches(source, decode_images, {"max_retries": options.retries, "retry_exceptions": [OSError]},
+    ds = _map_batches(source(), decode_images, {"max_retries": options.retries, "retry_exceptions": [OSError]},
                       batch_format="pyarrow", batch_size=plan.decode_batch_size, fn_kwargs={"max_pixels": max_pixels},
                       num_cpus=DECODE_CPUS)
     actor_retries = {"max_restarts": -1, "max_task_retries": options.retries}

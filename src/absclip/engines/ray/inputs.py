@@ -4,7 +4,8 @@ CSV/TSV/JSONL/Parquet listing, local or URI, read with Ray Data's readers into a
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from absclip.engines.ray.session import _unwrapped, import_ray
 from absclip.errors import AbsclipError
@@ -12,6 +13,10 @@ from absclip.io.images import IMAGE_EXTENSIONS
 from absclip.io.sources import LISTING_NAMES, listing_columns
 from absclip.io.uris import split_uri
 from absclip.text.classes import ClassList
+
+if TYPE_CHECKING:  # pragma: no cover
+    from absclip.io.hfdata import HFData
+    from absclip.io.sources import DataSet, Sample
 
 LISTING_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 
@@ -56,7 +61,6 @@ def read_listing(data: str, *, classes: ClassList | None, image_column: str | No
     import pyarrow.csv as pacsv
     import pyarrow.fs as pafs
 
-    from absclip.io.sources import label_index
 
     fs, root, prefix = split_uri(data)
     info = fs.get_file_info(root)
@@ -75,23 +79,11 @@ def read_listing(data: str, *, classes: ClassList | None, image_column: str | No
     else:
         raise AbsclipError(f"{data}: expected a folder or a {'/'.join(LISTING_SUFFIXES)} listing.")
 
-    if listing is None:  # a folder of images
-        files = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-        paths, labels = [], []
-        for p in sorted(f.path for f in files if f.type == pafs.FileType.File
-                        and f.path.lower().endswith(IMAGE_EXTENSIONS)):
-            rel = p[len(root.rstrip("/")) + 1:]
-            if classes is None:
-                paths.append(prefix + p)
-                labels.append(None)
-            elif "/" in rel:  # ImageFolder: the first folder below DATA names the class
-                cls_name = rel.split("/", 1)[0]
-                paths.append(prefix + p)
-                labels.append(label_index(cls_name, classes, f"folder {cls_name}"))
-        if not paths:
-            hint = "" if classes is None else " in class sub-folders, and it has no labels.csv"
-            raise AbsclipError(f"No images found under {data}{hint}.")
-        table = _path_label_table(paths, labels)
+    if listing is None:  # a folder of images: the one listing both engines use (absclip.io.listing)
+        from absclip.io.sources import folder_samples
+
+        samples = folder_samples(prefix + root if prefix else root, classes)
+        table = _path_label_table([s.path for s in samples], [None if classes is None else s.label for s in samples])
         return table if limit is None else table.slice(0, limit)
 
     uri = prefix + listing
@@ -127,3 +119,97 @@ def _path_label_table(paths: list[str], labels: list[int | None]) -> Any:
     import pyarrow as pa
 
     return pa.table({"path": pa.array(paths, pa.string()), "label": pa.array(labels, pa.int64())})
+
+
+# -- streamed sources: webdataset shards and HF datasets ---------------------------------------------
+
+
+def samples_table(samples: Iterable[Sample], labelled: bool) -> Any:
+    """Return samples as the pipeline's input table ``(path, label, data, error)`` (``label`` null when unlabelled)."""
+    import pyarrow as pa
+
+    rows = list(samples)
+    return pa.table({
+        "path": pa.array([s.path for s in rows], pa.string()),
+        "label": pa.array([s.label if labelled else None for s in rows], pa.int64()),
+        "data": pa.array([s.data for s in rows], pa.binary()),
+        "error": pa.array([s.error for s in rows], pa.string()),
+    })
+
+
+def wds_batch(batch: Any, shards: dict[str, str], classes: ClassList | None, label_member: str | None) -> Any:
+    """Turn rows of Ray Data's webdataset reader (``__key__``, ``__url__``, one column per member extension)
+    into samples with :func:`absclip.io.webdataset.wds_sample`: the same identities and labels as the local reader.
+
+    ``shards`` maps a shard's path inside its filesystem (what the reader reports) to the shard as
+    expanded from ``--data``.
+    """
+    from absclip.io.webdataset import wds_sample
+
+    out = []
+    for row in batch.to_dict("records"):  # pandas: a member a sample lacks is NaN
+        url = str(row.pop("__url__"))
+        shard = shards.get(url) or shards.get(url.split("://", 1)[-1]) or url
+        key = str(row.pop("__key__"))
+        members = {k.lower(): v for k, v in row.items() if isinstance(v, (bytes, bytearray, str))}
+        out.append(wds_sample(shard, key, members, classes, label_member))
+    return samples_table(out, classes is not None)
+
+
+def hf_batch(batch: Any, hf: HFData, classes: ClassList | None) -> Any:
+    """Read the parts ``(file, start, stop)`` of a batch with :func:`absclip.io.hfdata.read_part` into samples."""
+    from absclip.io.hfdata import Part, read_part
+
+    out = []
+    for f, a, b in zip(batch.column("file").to_pylist(), batch.column("start").to_pylist(),
+                       batch.column("stop").to_pylist()):
+        out += read_part(hf, Part(f, a, b), classes)
+    return samples_table(out, classes is not None)
+
+
+def drop_done(batch: Any, done: frozenset[str]) -> Any:
+    """Leave out the samples whose identity is already done (resume)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not done:
+        return batch
+    return batch.filter(pc.invert(pc.is_in(batch.column("path"), value_set=pa.array(sorted(done), pa.string()))))
+
+
+def stream_dataset(ray: Any, dset: DataSet, classes: ClassList | None, *, limit: int | None,
+                   done: frozenset[str]) -> Any:
+    """Return the Ray dataset ``(path, label, data, error)`` of shards (Ray Data's ``read_webdataset``) or of an
+    HF dataset (its Parquet/Arrow parts read in tasks), first ``limit`` samples, without those ``done``."""
+    from absclip.io.uris import split_uri
+
+    if dset.kind == "webdataset":
+        shards = dset.shards or []
+        inner = {split_uri(s)[1]: s for s in shards}
+        ds = ray.data.read_webdataset(shards, decoder=None, suffixes=None)
+        ds = ds.map_batches(wds_batch, batch_format="pandas",
+                            fn_kwargs={"shards": inner, "classes": classes, "label_member": dset.label_column})
+    else:
+        import pyarrow as pa
+
+        hf = dset.hf
+        parts = pa.table({"file": [p.file for p in hf.parts], "start": [p.start for p in hf.parts],
+                          "stop": [p.stop for p in hf.parts]})
+        ds = ray.data.from_arrow([parts.slice(i, 1) for i in range(parts.num_rows)])
+        ds = ds.map_batches(hf_batch, batch_format="pyarrow", batch_size=1, fn_kwargs={"hf": hf, "classes": classes})
+    if limit is not None:
+        ds = ds.limit(limit)
+    return ds.map_batches(drop_done, batch_format="pyarrow", fn_kwargs={"done": done}) if done else ds
+
+
+def streamed_order(paths: Iterable[str], dset: DataSet) -> list[str]:
+    """Return the identities among ``paths`` that belong to ``dset``'s shards or files, in source order
+    (shard or file order, then member key or row index): what the local reader yields for sorted tars."""
+    heads = dset.shards or (dset.hf.files if dset.hf else [])
+    rank = {h: i for i, h in enumerate(heads)}
+    mine = []
+    for p in dict.fromkeys(paths):
+        head, _, tail = p.rpartition("#")
+        if head in rank:
+            mine.append((rank[head], int(tail) if dset.kind == "hf" and tail.isdigit() else 0, tail, p))
+    return [x[-1] for x in sorted(mine)]

@@ -58,16 +58,23 @@ def prepare_text(recipe: ClassifierRecipe, methods: Sequence[str], top: int,
 
 
 def decode_images(batch: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Any:
-    """Decode a batch of listed images: pyarrow table ``(path, label)`` → ``(path, label, key, width, height,
+    """Decode a batch of listed images: pyarrow table ``(path, label)`` (plus ``data`` and ``error`` for
+    streamed sources: the encoded bytes, or why there are none) → ``(path, label, key, width, height,
     image, skip_reason)``; ``image`` is the RGB pixels as bytes (``H*W*3``), empty for a skipped image."""
     import pyarrow as pa
 
     from absclip.io.images import decode_image, image_key
 
     cols: dict[str, list[Any]] = {k: [] for k in ("path", "label", "key", "width", "height", "image", "skip_reason")}
-    for path, label in zip(batch.column("path").to_pylist(), batch.column("label").to_pylist()):
+    none = [None] * batch.num_rows  # streamed sources carry the bytes (data) or why there are none (error)
+    datas = batch.column("data").to_pylist() if "data" in batch.column_names else none
+    errors = batch.column("error").to_pylist() if "error" in batch.column_names else none
+    for path, label, data, error in zip(batch.column("path").to_pylist(), batch.column("label").to_pylist(), datas,
+                                        errors):
         try:
-            im = decode_image(read_bytes(path), path, max_pixels=max_pixels)
+            if error is not None:
+                raise BadImageError(error)
+            im = decode_image(read_bytes(path) if data is None else data, path, max_pixels=max_pixels)
             row = (image_key(im), im.width, im.height, im.tobytes(), None)
         except BadImageError as e:
             row = (None, 0, 0, b"", str(e))
