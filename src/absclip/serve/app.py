@@ -27,7 +27,7 @@ def require_web() -> None:
     """Raise the one-sentence error when the ``serve`` extra is not installed."""
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401  (python-multipart: FastAPI's form parser)
+        import python_multipart  # noqa: F401  (FastAPI's form parser)
         import uvicorn  # noqa: F401
     except ImportError as e:
         raise AbsclipError("absclip serve needs FastAPI, uvicorn and python-multipart: "
@@ -43,6 +43,7 @@ class Backend(Protocol):
     async def stop(self) -> None: ...
     async def classify(self, job: Job) -> list[dict[str, Any]]: ...
     async def explain(self, job: Job) -> bytes: ...
+    def stats(self) -> dict[str, Any]: ...
 
 
 def service_info(service: Service, method: str) -> dict[str, Any]:
@@ -69,6 +70,10 @@ class LocalBackend:
 
     async def explain(self, job: Job) -> bytes:
         return await self.batcher.call(self.service.explain_png, job)
+
+    def stats(self) -> dict[str, Any]:
+        sizes = self.batcher.batch_sizes
+        return {"batches": len(sizes), "images": sum(sizes), "largest_batch": max(sizes, default=0)}
 
 
 class UploadLimit:
@@ -146,7 +151,7 @@ def create_app(backend: Backend, *, api_key: str | None = None, max_upload_bytes
     from fastapi.responses import HTMLResponse, Response
     from starlette.exceptions import HTTPException
 
-    from absclip import __version__
+    from absclip._version import __version__
     from absclip.io.images import make_item
     from absclip.methods.base import get_method_class
 
@@ -224,8 +229,9 @@ def create_app(backend: Backend, *, api_key: str | None = None, max_upload_bytes
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        """Liveness and what the server serves."""
-        return {"status": "ok", "model": backend.info["model"], "methods": backend.info["methods"]}
+        """Liveness, what the server serves, and how its batches went (count, images, largest)."""
+        return {"status": "ok", "model": backend.info["model"], "methods": backend.info["methods"],
+                **backend.stats()}
 
     @app.get("/v1/classes")
     async def classes() -> dict[str, Any]:
