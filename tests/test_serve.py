@@ -254,6 +254,46 @@ def test_oversized_uploads_get_413_before_they_are_read(absclip_server):
     assert absclip_server.alive()
 
 
+# -- the same API on Ray Serve -------------------------------------------------------------------------------
+def test_ray_serve_deployment_answers_like_the_local_server(absclip_server, tmp_path):
+    """--engine ray --replicas 2: a local Ray instance, two model replicas behind the same API."""
+    pytest.importorskip("ray.serve", reason="needs absclip[serve-ray] (.ci/run installs it)")
+    port = free_port()
+    env = {**os.environ, "ABSCLIP_CACHE_DIR": str(tmp_path / "cache"), "RAY_USAGE_STATS_ENABLED": "0",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    log = tmp_path / "ray.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "absclip", "serve", "--engine", "ray", "--replicas", "2",
+                                 "--cpus-per-replica", "0.5", *MODEL, *SMALL, "--classes", CLASSES,
+                                 "--port", str(port)], stdout=f, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                health = get_json(url + "/healthz")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "Ray Serve did not answer in 300 s:\n" + log.read_text()[-3000:]
+                time.sleep(1)
+        assert health["status"] == "ok" and health["model"] == "clip-tiny.open_clip"
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda p: post(url, "/v1/classify", read(p), None, top="6"), PHOTOS * 2))
+        for p, (status, body, _) in zip(PHOTOS * 2, answers):
+            assert status == 200, body
+            rows, ref = json.loads(body), absclip_server.classify(read(p), top="6")
+            assert [r["label"] for r in rows] == [r["label"] for r in ref]
+            assert np.allclose([r["score"] for r in rows], [r["score"] for r in ref], atol=1e-5, rtol=0)
+        status, body, _ = post(url, "/v1/classify", b"not an image", None)
+        assert status == 400 and "not a recognised image" in json.loads(body)["error"]
+        status, body, ctype = post(url, "/v1/explain", read(PHOTOS[0]), None, classes="fish,cat")
+        assert status == 200 and ctype == "image/png" and body[:4] == b"\x89PNG"
+    finally:
+        proc.terminate()  # SIGTERM: the driver shuts Serve and its Ray instance down
+        proc.wait(timeout=120)
+
+
 # -- the page, in a real browser ------------------------------------------------------------------------------
 class DevTools:
     """The few Chrome DevTools Protocol calls the page test needs, over one websocket."""
