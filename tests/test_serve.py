@@ -429,3 +429,44 @@ def test_micro_batcher_batches_and_routes_results():
     assert out[:7] == [0, 10, 20, 30, 40, 50, 60] and out[8:] == [80, 90] and one == 110
     assert isinstance(out[7], ValueError) and str(out[7]) == "bad 7"  # only its own caller hears of it
     assert [len(s) for s in seen] == [4, 4, 2, 1] and sorted(sum(seen, [])) == [*range(10), 11]
+
+
+def test_app_without_a_model_behind_a_root_path():
+    """The app's own rules, in process with a stand-in backend: prefix, page, key, upload limit, error shape."""
+    from starlette.testclient import TestClient
+
+    from absclip.serve.app import create_app
+
+    class Backend:
+        info = {"model": "stand-in", "methods": ["abs", "clip"], "classes": ["a", "b"], "method": "abs"}
+
+        async def start(self):
+            pass
+
+        async def stop(self):
+            pass
+
+        async def classify(self, job):
+            return [{"label": c, "score": 0.5} for c in (job.classes or self.info["classes"])][: job.top]
+
+        def stats(self):
+            return {}
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, "PNG")
+    app = create_app(Backend(), api_key="k", max_upload_bytes=1000, root_path="/absclip")
+    with TestClient(app) as c:
+        assert c.get("/openapi.json").json()["servers"] == [{"url": "/absclip"}]
+        assert "/absclip/openapi.json" in c.get("/docs").text
+        page = c.get("/")
+        assert page.status_code == 200 and "<form" in page.text and "http" not in page.text.split("<script>")[1]
+        assert c.get("/healthz").json() == {"status": "ok", "model": "stand-in", "methods": ["abs", "clip"]}
+        files = {"image": ("x.png", png.getvalue())}
+        r = c.post("/v1/classify", files=files, data={"classes": "x,y", "top": "1"})
+        assert (r.status_code, r.json()) == (401, {"error": r.json()["error"]}) and "API key" in r.json()["error"]
+        r = c.post("/v1/classify", files=files, data={"classes": "x,y", "top": "1"}, headers={"X-API-Key": "k"})
+        assert r.json() == [{"label": "x", "score": 0.5}]
+        r = c.post("/v1/classify", files={"image": ("x.png", b"0" * 2000)}, headers={"X-API-Key": "k"})
+        assert r.status_code == 413 and r.json() == {"error": "The upload is larger than the server's limit of "
+                                                              "0.000953674 MB."}
+        assert c.get("/nowhere").json() == {"error": "Not Found"}

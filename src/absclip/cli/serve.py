@@ -59,7 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"http://{args.host}:{args.port}{args.root_path}/" + (" (API key required)" if key else ""),
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="debug" if args.debug else "warning",
-                access_log=args.access_log, root_path=args.root_path, server_header=False)
+                access_log=args.access_log, server_header=False)
     return 0
 
 

@@ -163,7 +163,7 @@ def create_app(backend: Backend, *, api_key: str | None = None, max_upload_bytes
         finally:
             await backend.stop()
 
-    app = FastAPI(title="absclip", version=__version__, root_path=root_path, lifespan=lifespan,
+    app = FastAPI(title="absclip", version=__version__, lifespan=lifespan,
                   description="Zero-shot image classification with ABS (attention-based selection) and other "
                               "training-free methods; answers in the Hugging Face pipeline shape.")
 
@@ -258,4 +258,13 @@ def create_app(backend: Backend, *, api_key: str | None = None, max_upload_bytes
         png = await backend.explain(await job_of(request, image, classes, method, top))
         return Response(png, media_type="image/png")
 
-    return UploadLimit(app, max_upload_bytes)
+    limited = UploadLimit(app, max_upload_bytes)
+    if not root_path:
+        return limited
+
+    async def behind_proxy(scope: dict, receive: Any, send: Any) -> None:  # what uvicorn's --root-path does
+        if scope["type"] in ("http", "websocket"):
+            scope = {**scope, "root_path": root_path.rstrip("/") + scope.get("root_path", "")}
+        await limited(scope, receive, send)
+
+    return behind_proxy
