@@ -15,7 +15,6 @@ import struct
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ import pytest
 from PIL import Image
 
 from absclip.cli.main import main
+from absclip.serve.client import encode_multipart, post_form
 
 from .conftest import CLIP_CFG, CLIP_WEIGHTS, DATA, DINO, ROOT
 
@@ -39,29 +39,9 @@ KEY_ENV = "ABSCLIP_TEST_SERVE_KEY"
 MAX_UPLOAD_MB = 1
 
 
-# -- a small multipart client (what curl -F does) --------------------------------------------------------------
-def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
-    boundary = "absclip" + secrets.token_hex(8)
-    out = io.BytesIO()
-    for name, value in fields.items():
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for name, (filename, data) in files.items():
-        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                  "Content-Type: application/octet-stream\r\n\r\n".encode())
-        out.write(data + b"\r\n")
-    out.write(f"--{boundary}--\r\n".encode())
-    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
-
-
 def post(url: str, path: str, image: bytes | None, key: str | None, **fields: str) -> tuple[int, bytes, str]:
-    body, ctype = multipart(fields, {} if image is None else {"image": ("photo.jpg", image)})
-    headers = {"Content-Type": ctype, **({"X-API-Key": key} if key else {})}
-    req = urllib.request.Request(url + path, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=300) as r:
-            return r.status, r.read(), r.headers["Content-Type"]
-    except urllib.error.HTTPError as e:
-        return e.code, e.read(), e.headers["Content-Type"]
+    files = {} if image is None else {"image": ("photo.jpg", image)}
+    return post_form(url + path, fields, files, headers={"X-API-Key": key} if key else {})
 
 
 def get_json(url: str) -> dict:
@@ -221,7 +201,7 @@ def test_bad_input_gets_its_status_and_the_server_keeps_serving(absclip_server, 
         assert words in error and error.count(". ") == 0 and absclip_server.key not in error, (what, error)
         assert absclip_server.alive(), what
     # and it still answers a good request, with the key as a bearer token too
-    body, ctype = multipart({"top": "2"}, {"image": ("tench.jpg", photo)})
+    body, ctype = encode_multipart({"top": "2"}, {"image": ("tench.jpg", photo)})
     req = urllib.request.Request(absclip_server.url + "/v1/classify", data=body, method="POST",
                                  headers={"Content-Type": ctype, "Authorization": f"Bearer {absclip_server.key}"})
     with urllib.request.urlopen(req, timeout=300) as r:
@@ -241,7 +221,7 @@ def test_oversized_uploads_get_413_before_they_are_read(absclip_server):
     assert r.status == 413 and "larger than the server's limit of 1 MB" in json.loads(r.read())["error"]
     conn.close()
     # streamed without a length (chunked): refused once it passes the limit
-    body, ctype = multipart({}, {"image": ("big.jpg", os.urandom(3 * 2**20))})
+    body, ctype = encode_multipart({}, {"image": ("big.jpg", os.urandom(3 * 2**20))})
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
         conn.request("POST", "/v1/classify", body=(body[i : i + 65536] for i in range(0, len(body), 65536)),
