@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -29,23 +28,17 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+from absclip.serve.client import post_form  # noqa: E402
+
 SAMPLE = ROOT.parent / "shared" / "data" / "imagenet-sample"
 
 
-def multipart(image: bytes, fields: dict[str, str]) -> tuple[bytes, str]:
-    b = "absclip" + secrets.token_hex(8)
-    parts = [f'--{b}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()]
-    parts.append(f'--{b}\r\nContent-Disposition: form-data; name="image"; filename="x.jpg"\r\n'
-                 "Content-Type: application/octet-stream\r\n\r\n".encode() + image + f"\r\n--{b}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={b}"
-
-
 def classify(url: str, image: bytes, method: str) -> float:
-    body, ctype = multipart(image, {"method": method})
-    req = urllib.request.Request(url + "/v1/classify", data=body, headers={"Content-Type": ctype}, method="POST")
     t = time.perf_counter()
-    with urllib.request.urlopen(req, timeout=600) as r:
-        json.loads(r.read())
+    status, body, _ = post_form(url + "/v1/classify", {"method": method}, {"image": ("x.jpg", image)}, timeout=600)
+    if status != 200:
+        sys.exit(f"request failed: {status} {body[:300]!r}")
     return time.perf_counter() - t
 
 
@@ -63,7 +56,6 @@ def level(url: str, images: list[bytes], clients: int, requests: int, method: st
 
 def batch_throughput(serve_args: list[str], images: list[Path], method: str) -> float:
     """Images/s of the same classifier in this process, batches of --batch-size (what eval runs)."""
-    sys.path.insert(0, str(ROOT / "src"))
     from absclip.cli.main import build_parser
     from absclip.cli.options import build_classifier, read_class_inputs, read_images, set_classes
 
