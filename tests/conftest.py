@@ -56,7 +56,7 @@ def golden_items():
 
 
 #: fixtures that start a real Ray instance: every test using one is in the slow tier
-SLOW_FIXTURES = {"ray_instance", "killed_run"}
+SLOW_FIXTURES = {"ray_instance", "killed_run", "absclip_server"}
 #: other tests of the slow tier (end-to-end runs of many images or processes, a real browser)
 SLOW_TESTS = {
     "test_eval_imagenet_sample_1000_classes",

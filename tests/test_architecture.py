@@ -24,6 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "absclip"
 LAYERS: list[set[str]] = [
     {"(root)", "__main__"},  # absclip/__init__.py: the public face; python -m absclip
     {"cli"},
+    {"serve"},  # absclip serve: the HTTP API over api.Classifier and diagnostics.explain
     {"engines", "diagnostics"},
     {"api"},
     {"methods"},

@@ -23,7 +23,7 @@ log = logging.getLogger("absclip")
 
 # Subcommands living in their own modules: each exposes ``register(subparsers, common_parents)``.
 EXTRA_COMMANDS: tuple[str, ...] = ("absclip.cli.describe", "absclip.cli.explain", "absclip.cli.bench",
-                                  "absclip.cli.label")
+                                  "absclip.cli.label", "absclip.cli.serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "accuracy, confusions, misclassified images with explanations")
     p.add_argument("--report-max-images", type=int, default=24, metavar="N",
                    help="misclassified images in the report's gallery (default: %(default)s)")
-    importlib.import_module("absclip.cli.label").add_engine_options(p)
+    importlib.import_module("absclip.cli.label", "absclip.cli.serve").add_engine_options(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("models", help="list open_clip models and pretrained tags")
