@@ -20,16 +20,23 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     import open_clip
 
-    names = [n for n in open_clip.list_models() if fnmatch.fnmatch(n.lower(), (args.pattern or "*").lower())]
-    if not names:
+    from absclip.backbones.demo import DEMO_MODEL, DEMO_SUMMARY
+
+    def match(n: str) -> bool:
+        return fnmatch.fnmatch(n.lower(), (args.pattern or "*").lower())
+
+    names = [n for n in open_clip.list_models() if match(n) and n != DEMO_MODEL]
+    # the shipped demo model first: it needs no download (open_clip knows its name once it was loaded)
+    rows = [{"model": DEMO_MODEL, "pretrained": [], "note": DEMO_SUMMARY}] if match(DEMO_MODEL) else []
+    rows += [{"model": n, "pretrained": open_clip.list_pretrained_tags_by_model(n)} for n in names]
+    if not rows:
         raise AbsclipError(f"No open_clip model matches {args.pattern!r}; run 'absclip models' for the names "
                            "(patterns are globs, e.g. 'ViT-B*').")
-    rows = [{"model": n, "pretrained": open_clip.list_pretrained_tags_by_model(n)} for n in names]
     if args.json:
         print(json_text(rows, indent=2))
     else:
         for r in rows:
-            print(f"{r['model']:<40} {', '.join(r['pretrained'])}")
+            print(f"{r['model']:<40} {r.get('note') or ', '.join(r['pretrained'])}")
     return 0
 
 

@@ -90,9 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     importlib.import_module("absclip.cli.label").add_engine_options(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("models", help="list open_clip models and pretrained tags")
+    p = sub.add_parser("models", help="list the models: the shipped demo model, open_clip names and their "
+                                      "pretrained tags")
     p.add_argument("pattern", nargs="?", help="glob filter, e.g. 'ViT-B*'")
-    p.add_argument("--json", action="store_true", help="print JSON: [{model, pretrained: [tags]}]")
+    p.add_argument("--json", action="store_true", help="print JSON: [{model, pretrained: [tags], note?}]")
     p.set_defaults(func=cmd_models, debug=False)
 
     p = sub.add_parser("methods", help="list the methods")
