@@ -2,9 +2,8 @@
 
 The ten classes are {red, blue} x {circle, square, triangle, star, cross}. Every scene is a pure
 function of ``(seed, index)`` and records its object's box, so tests can ask where attention and
-crops fall. The clutter is grey-ish (saturation <= 0.2) and includes the same five shapes, so the
-colour of the one saturated object is what tells the classes apart: a small object is easy to miss
-in the global view and easy to see in a crop.
+crops fall. The clutter (lines and blobs) is grey-ish (saturation <= 0.2), so the one saturated
+object carries the class: a small one is easy to miss in the global view and easy to see in a crop.
 """
 
 from __future__ import annotations
@@ -80,7 +79,7 @@ def _object_colour(rng: np.random.Generator, colour: str) -> tuple[int, int, int
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
-    """A grey gradient with desaturated clutter: lines, blobs and the five shapes, plus faint noise."""
+    """A grey gradient with desaturated clutter (lines and blobs) and faint noise."""
     base = np.array(_grey(rng), dtype=np.float32)
     other = np.array(_grey(rng), dtype=np.float32)
     t = np.linspace(0, 1, size, dtype=np.float32)
@@ -91,17 +90,14 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(12, 30))):
-        kind = rng.integers(0, 3)
+        kind = rng.integers(0, 2)
         x, y = rng.uniform(-0.1, 1.1, size=2) * size
         r = rng.uniform(0.03, 0.25) * size
         if kind == 0:
             x2, y2 = rng.uniform(0, 1, size=2) * size
             draw.line([(x, y), (x2, y2)], fill=_grey(rng), width=int(rng.integers(1, max(2, size // 40))))
-        elif kind == 1:
-            draw.ellipse([x - r, y - r * rng.uniform(0.3, 1), x + r, y + r], fill=_grey(rng))
         else:
-            shape = SHAPES[int(rng.integers(0, len(SHAPES)))]
-            draw.polygon(shape_points(shape, x, y, r, rng.uniform(0, 2 * math.pi)), fill=_grey(rng))
+            draw.ellipse([x - r, y - r * rng.uniform(0.3, 1), x + r, y + r], fill=_grey(rng))
     noise = rng.normal(0, 6, size=(size, size, 1)).astype(np.float32)
     return Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
 
