@@ -64,6 +64,7 @@ SLOW_TESTS = {
     "test_changed_settings_are_refused",
     "test_report_renders_in_headless_chromium",
     "test_sigterm_on_the_ray_driver_is_an_interrupt",
+    "test_a_short_training_run_lowers_the_loss",
 }
 
 
