@@ -74,6 +74,7 @@ SLOW_TESTS = {
     "test_every_source_gives_the_same_results",
     "test_label_reads_shards",
     "test_kill_and_resume_on_shards",
+    "test_a_short_training_run_lowers_the_loss",
 }
 
 

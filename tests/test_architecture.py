@@ -31,8 +31,9 @@ LAYERS: list[set[str]] = [
     {"attention"},
     {"text", "backbones"},
     {"io"},
+    {"demo"},  # the demo model's generated scenes: numpy and PIL only
     {"core"},
-    {"errors", "_version"},
+    {"errors", "_version", "assets"},  # assets: data files only (the demo model), no code
 ]
 #: the rule the layers can't say: core is pure
 ONLY = {"core": {"errors"}, "backbones": {"errors", "core", "_version"}}

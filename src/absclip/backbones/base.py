@@ -239,6 +239,8 @@ class Backbone(ABC):
         device, dtype: where and in which precision the model runs.
         name, pretrained, identity: what was loaded (``identity`` keys caches).
         has_tokens: whether the token-level methods are available.
+        default_attention: the attention source used when none is asked for (None: a DINO ViT-B/16);
+            ``clip`` for models that come without one (the shipped demo model).
     """
 
     preprocess: Any
@@ -250,6 +252,7 @@ class Backbone(ABC):
     pretrained: str | None
     identity: str
     has_tokens: bool = False
+    default_attention: str | None = None
 
     # -- helpers -------------------------------------------------------------------------------
     def require_tokens(self, what: str) -> None:

@@ -20,22 +20,28 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     import open_clip
 
+    from absclip.backbones.demo import DEMO_MODEL, DEMO_SUMMARY
     from absclip.backbones.families import FAMILIES, PARTS, config_family
 
-    names = [n for n in open_clip.list_models() if fnmatch.fnmatch(n.lower(), (args.pattern or "*").lower())]
-    if not names:
-        raise AbsclipError(f"No open_clip model matches {args.pattern!r}; run 'absclip models' for the names "
-                           "(patterns are globs, e.g. 'ViT-B*').")
-    rows = []
+    def match(n: str) -> bool:
+        return fnmatch.fnmatch(n.lower(), (args.pattern or "*").lower())
+
+    names = [n for n in open_clip.list_models() if match(n) and n != DEMO_MODEL]
+    # the shipped demo model first: it needs no download (open_clip knows its name once it was loaded)
+    rows = [{"model": DEMO_MODEL, "family": "open_clip ViT", "supports": FAMILIES["open_clip ViT"],
+             "pretrained": [], "note": DEMO_SUMMARY}] if match(DEMO_MODEL) else []
     for n in names:
         family = config_family(open_clip.get_model_config(n) or {})
         rows.append({"model": n, "family": family, "supports": FAMILIES[family],
                      "pretrained": open_clip.list_pretrained_tags_by_model(n)})
+    if not rows:
+        raise AbsclipError(f"No open_clip model matches {args.pattern!r}; run 'absclip models' for the names "
+                           "(patterns are globs, e.g. 'ViT-B*').")
     if args.json:
         print(json_text(rows, indent=2))
     else:
         for r in rows:
-            print(f"{r['model']:<40} {r['family']:<24} {', '.join(r['pretrained'])}")
+            print(f"{r['model']:<40} {r['family']:<24} {r.get('note') or ', '.join(r['pretrained'])}")
         print("\nABS parts per family (pixel crops, feature crops, CLIP attention, rollout/sinks, text maps):")
         for family in dict.fromkeys(r["family"] for r in rows):
             parts = [p.replace("_", " ") for p in PARTS if FAMILIES[family][p]]

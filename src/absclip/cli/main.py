@@ -92,13 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "accuracy, confusions, misclassified images with explanations")
     p.add_argument("--report-max-images", type=int, default=24, metavar="N",
                    help="misclassified images in the report's gallery (default: %(default)s)")
-    importlib.import_module("absclip.cli.label", "absclip.cli.serve").add_engine_options(p)
+    importlib.import_module("absclip.cli.label").add_engine_options(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("models", help="list open_clip models and pretrained tags")
+    p = sub.add_parser("models", help="list the models: the shipped demo model, open_clip names and their "
+                                      "pretrained tags")
     p.add_argument("pattern", nargs="?", help="glob filter, e.g. 'ViT-B*'")
     p.add_argument("--json", action="store_true",
-                   help="print JSON: [{model, family, supports: {part: bool}, pretrained: [tags]}]")
+                   help="print JSON: [{model, family, supports: {part: bool}, pretrained: [tags], note?}]")
     p.set_defaults(func=cmd_models, debug=False)
 
     p = sub.add_parser("methods", help="list the methods")

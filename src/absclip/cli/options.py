@@ -47,9 +47,9 @@ def model_options() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     g.add_argument("--pretrained", default="openai",
                    help="open_clip pretrained tag or checkpoint file; 'none' for random weights (default: %(default)s)")
-    g.add_argument("--attention-model", default="facebook/dino-vitb16",
+    g.add_argument("--attention-model", default=None,
                    help="HF name or local dir of the attention ViT, or 'clip' for CLIP's own attention "
-                        "(default: %(default)s)")
+                        "(default: the model's own default, clip for absclip-demo, else facebook/dino-vitb16)")
     g.add_argument("--attention-layer", type=int, default=-1, help="attention layer index (default: last)")
     g.add_argument("--attention-rollout", choices=["mean", "max"],
                    help="use attention rollout up to --attention-layer, fusing heads by their mean or max, as the "
@@ -195,12 +195,13 @@ def build_classifier(args: argparse.Namespace, methods: Sequence[str] = ()) -> A
     that are not cached fail at once (the attention model's too when one of ``methods`` needs it).
     """
     from absclip.backbones.network import check_attention_weights, check_model_weights
+    from absclip.core.settings import DEFAULT_ATTENTION_MODEL
     from absclip.methods import get_method_class
 
     pretrained = None if args.pretrained in (None, "none") else args.pretrained
     at_hand = check_model_weights(args.model, pretrained, weights_dir=args.weights_dir, tag_repo=_tag_repo)
     if at_hand and any(get_method_class(m).needs_attention for m in methods):  # else the model's error comes first
-        check_attention_weights(args.attention_model, weights_dir=args.weights_dir)
+        check_attention_weights(args.attention_model or DEFAULT_ATTENTION_MODEL, weights_dir=args.weights_dir)
     clf = classifier_spec(args).build()
     clf.encoder.progress = not getattr(args, "no_progress", False)  # a bar on a terminal (stderr) only
     return clf

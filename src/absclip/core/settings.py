@@ -32,6 +32,8 @@ def setting(default: Any, flag: str | None = None, help: str | None = None, **me
 DEFAULT_DEVICE = "auto"
 #: ... and fp16 on CUDA (as the reference), fp32 on the CPU (bf16 moves logits ~1%: opt-in)
 DEFAULT_PRECISION = "auto"
+#: ABS's attention source when none is given and the model has no default of its own
+DEFAULT_ATTENTION_MODEL = "facebook/dino-vitb16"
 #: images with more pixels are refused (PIL's own decompression-bomb limit)
 DEFAULT_MAX_PIXELS = 178_956_970
 #: the kinds of map an explanation picture can show (``absclip explain --map``)

@@ -1,0 +1,1 @@
+"""The synthetic demonstration task: generated scenes of coloured shapes, which the shipped ``absclip-demo`` knows."""
