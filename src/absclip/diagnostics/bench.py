@@ -22,7 +22,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -227,6 +227,36 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _Clock:
+    """Wall and CPU time of one timed run, peak RSS and CUDA memory reset at its start."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        reset_peak_rss()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _sync(device)
+        self.start, self.cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> tuple[float, float, float | None]:
+        """Return ``(seconds, cpu_seconds, peak_gpu_mib or None)`` since the start."""
+        _sync(self.device)
+        seconds, cpu = time.perf_counter() - self.start, time.process_time() - self.cpu
+        gpu = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
+        return seconds, cpu, gpu
+
+
+def _timed_batches(paths: Sequence[str], s: BenchSettings, timer: StageTimer) -> Iterator[list]:
+    """Yield decoded image batches of ``paths``, the decoding timed as stage ``decode``."""
+    batches = iter_image_batches(paths, s.batch_size, workers=s.workers)
+    while True:
+        with timer("decode"):
+            items = next(batches, None)
+        if items is None:
+            return
+        yield items
+
+
 def _optimised_run(
     key: str, method_name: str, precision: str, paths: Sequence[str], bb: Backbone, attention: AttentionSource,
     cfg: ABSConfig, bank: EncodedBank, s: BenchSettings,
@@ -236,17 +266,8 @@ def _optimised_run(
     timer = StageTimer()
     logits, draws = [], {}
     feat_views = 0
-    reset_peak_rss()
-    if bb.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(bb.device)
-    _sync(bb.device)
-    start, cpu = time.perf_counter(), time.process_time()
-    batches = iter_image_batches(paths, s.batch_size, workers=s.workers)
-    while True:
-        with timer("decode"):
-            items = next(batches, None)
-        if items is None:
-            break
+    clock = _Clock(bb.device)
+    for items in _timed_batches(paths, s, timer):
         ctx = BatchContext(items, bb, attention, feature_layer=cfg.feature_layer, view_batch=s.view_batch,
                            crop_workers=s.crop_workers, timer=timer)
         with torch.inference_mode():
@@ -255,9 +276,7 @@ def _optimised_run(
         feat_views += ctx.feature_crops_encoded
         for it, v in zip(items, views):
             draws[it.key] = (v.draws, v.topk_idx)
-    _sync(bb.device)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    gpu = torch.cuda.max_memory_allocated(bb.device) / 2**20 if bb.device.type == "cuda" else None
+    seconds, cpu, gpu = clock.stop()
     return _RunResult(key, method_name, precision, torch.cat(logits), seconds, dict(timer.seconds), peak_rss_mb(),
                       feat_views / max(1, len(paths)), draws, gpu, cpu)
 
@@ -271,25 +290,14 @@ def _method_run(key: str, method: Method, precision: str, paths: Sequence[str], 
     """
     timer = StageTimer()
     logits, encoded = [], 0
-    reset_peak_rss()
-    if bb.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(bb.device)
-    _sync(bb.device)
-    start, cpu = time.perf_counter(), time.process_time()
-    batches = iter_image_batches(paths, s.batch_size, workers=s.workers)
-    while True:
-        with timer("decode"):
-            items = next(batches, None)
-        if items is None:
-            break
+    clock = _Clock(bb.device)
+    for items in _timed_batches(paths, s, timer):
         ctx = BatchContext(items, bb, attention if method.needs_attention else None, feature_layer=method.token_layer,
                            view_batch=s.view_batch, crop_workers=s.crop_workers, timer=timer)
         with torch.inference_mode():
             logits.append(method.logits(ctx, s.seed).float().cpu())
         encoded += ctx.images_encoded
-    _sync(bb.device)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    gpu = torch.cuda.max_memory_allocated(bb.device) / 2**20 if bb.device.type == "cuda" else None
+    seconds, cpu, gpu = clock.stop()
     return _RunResult(key, method.name, precision, torch.cat(logits), seconds, dict(timer.seconds), peak_rss_mb(),
                       0.0, {}, gpu, cpu, encoded / max(1, len(paths)))
 

@@ -82,3 +82,20 @@ class WaffleMethod(_ClassifierHead):
     def texts(self, inputs: TextInputs) -> list[list[str]]:
         return text.waffle_bank(inputs.classes, text.tokenizer_vocabulary(), count=self.settings.count,
                                 seed=inputs.seed)
+
+
+class AugmentedClipMethod(ClipMethod):
+    """CLIP's single prompt against the image and its seeded random resized crops/flips (ZERO, MTA).
+
+    The settings carry ``views`` (the original included), ``crop_scale``, ``crop_ratio`` and ``flip_p``.
+    Methods with the same settings share one encoding of the views (``BatchContext.augmented``).
+    """
+
+    def image_views(self) -> float:
+        """Whole images the image tower sees per input image: the original and the augmented views."""
+        return self.settings.views
+
+    def view_embeddings(self, ctx: BatchContext, seed: int) -> list[torch.Tensor]:
+        """Return, per image of the batch, its view embeddings ``[views, D]`` (the original first)."""
+        s = self.settings
+        return ctx.augmented(seed, s.views - 1, s.crop_scale, s.crop_ratio, s.flip_p)

@@ -9,7 +9,7 @@ from absclip.core.augment import DEFAULT_RATIO, DEFAULT_SCALE, check_view_settin
 from absclip.core.settings import setting
 from absclip.errors import AbsclipError
 from absclip.methods.base import register_method
-from absclip.methods.heads import ClipMethod
+from absclip.methods.heads import AugmentedClipMethod
 
 if TYPE_CHECKING:  # torch and the model side are imported inside functions (a fast CLI parser)
     import torch
@@ -57,7 +57,7 @@ class MTASettings:
 
 
 @register_method("mta")
-class MTAMethod(ClipMethod):
+class MTAMethod(AugmentedClipMethod):
     """MTA: the MeanShift mode of 64 views (image + random resized crops/flips), weighted by inlierness.
 
     The text side is CLIP's single prompt "a photo of a {c}." (MTA's ``ctx_init``), as method ``clip``.
@@ -66,17 +66,13 @@ class MTAMethod(ClipMethod):
     settings_type = MTASettings
     settings: MTASettings
 
-    def image_views(self) -> float:
-        """Whole images the image tower sees per input image: the original and the augmented views."""
-        return self.settings.views
-
     def logits(self, ctx: BatchContext, seed: int) -> torch.Tensor:
         import torch
 
         from absclip.core.meanshift import mta_mode
 
         s = self.settings
-        views = ctx.augmented(seed, s.views - 1, s.crop_scale, s.crop_ratio, s.flip_p)
+        views = self.view_embeddings(ctx, seed)
         scale = float(ctx.backbone.logit_scale)
         modes = [mta_mode(v, v @ self.classifier.float().T * scale, lambda_y=s.lambda_y, lambda_q=s.lambda_q,
                           iterations=s.iterations, inner_iterations=s.iterations, tolerance=s.tolerance,

@@ -9,7 +9,7 @@ from absclip.core.augment import DEFAULT_RATIO, DEFAULT_SCALE, check_view_settin
 from absclip.core.settings import setting
 from absclip.errors import AbsclipError
 from absclip.methods.base import register_method
-from absclip.methods.heads import ClipMethod
+from absclip.methods.heads import AugmentedClipMethod
 
 if TYPE_CHECKING:  # torch and the model side are imported inside functions (a fast CLI parser)
     import torch
@@ -44,7 +44,7 @@ class ZeroSettings:
 
 
 @register_method("zero")
-class ZeroMethod(ClipMethod):
+class ZeroMethod(AugmentedClipMethod):
     """ZERO: 64 views (image + random resized crops/flips); the 30% most confident vote with their argmax.
 
     The text side is CLIP's single prompt "a photo of a {c}." (ZERO's ``ctx_init``), as method ``clip``.
@@ -53,17 +53,13 @@ class ZeroMethod(ClipMethod):
     settings_type = ZeroSettings
     settings: ZeroSettings
 
-    def image_views(self) -> float:
-        """Whole images the image tower sees per input image: the original and the augmented views."""
-        return self.settings.views
-
     def logits(self, ctx: BatchContext, seed: int) -> torch.Tensor:
         import torch
 
         from absclip.core.voting import zero_votes
 
         s = self.settings
-        views = ctx.augmented(seed, s.views - 1, s.crop_scale, s.crop_ratio, s.flip_p)
+        views = self.view_embeddings(ctx, seed)
         scale = float(ctx.backbone.logit_scale)
         return torch.stack([zero_votes(v @ self.classifier.float().T, scale, s.keep) for v in views])
 
