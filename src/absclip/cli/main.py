@@ -121,8 +121,9 @@ def option_names(parser: argparse.ArgumentParser, command: str | None) -> dict[s
 
     def collect(p: argparse.ArgumentParser) -> None:
         for a in p._actions:
-            if a.option_strings:
-                names.setdefault(a.dest, max(a.option_strings, key=len))
+            if a.option_strings:  # the positive form of a --x/--no-x pair, else the long flag
+                positive = [o for o in a.option_strings if not o.startswith("--no-")] or a.option_strings
+                names.setdefault(a.dest, max(positive, key=len))
             if isinstance(a, argparse._SubParsersAction):
                 for sub in ([a.choices[command]] if command in a.choices else a.choices.values()):
                     if sub is not p:
