@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from absclip.backbones.base import BackboneFacts, LoaderRow, LoadRequest, attention_probs, vit_flops
+from absclip.backbones.base import BackboneFacts, LoaderRow, LoadRequest, attention_probs, probe_in_slot, vit_flops
 from absclip.backbones.hf import (
     HF_PREFIX,
     SIGLIP_TYPES,
@@ -206,18 +206,13 @@ class HFSiglipBackbone(HFBackbone):
         """
         idx = self.block_index(last)
         x = self._embed(pixels)
-        n, heads = x.shape[1], self.facts.heads
+        heads = self.facts.heads
         attentions, outputs = [], []
         for i, blk in enumerate(self._layers[: idx + 1]):
             q, k = self._qk(blk, x, cls_only=False)
-            att = torch.zeros(x.shape[0], heads, 1 + n, 1 + n)
-            att[:, :, 1:, 1:] = attention_probs(q, k, heads).cpu()
+            patches = attention_probs(q, k, heads).cpu()
             x = self._run(blk, x)
-            if i == idx:
-                att[:, :, 0, 1:] = self._probe_attention(x).cpu()
-            else:
-                att[:, :, 0, 0] = 1.0
-            attentions.append(att)
+            attentions.append(probe_in_slot(patches, self._probe_attention(x).cpu() if i == idx else None))
             outputs.append(self._slot(x).float().cpu())
         return attentions, outputs
 
