@@ -75,6 +75,8 @@ SLOW_TESTS = {
     "test_label_reads_shards",
     "test_kill_and_resume_on_shards",
     "test_a_short_training_run_lowers_the_loss",
+    "test_abs_beats_clip_on_small_objects",
+    "test_abs_keeps_clip_accuracy_on_large_objects",
 }
 
 

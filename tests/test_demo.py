@@ -2,11 +2,10 @@
 
 Real weights, trained here (``scripts/demo/train.py``), on a synthetic task: one red or blue shape
 on a cluttered grey background. Small objects are hard for the global view and easy in a crop; the
-tests check that ABS's attention and crops land on the object.
-Scene sets are fixed (``absclip.demo.scenes.SETS``); the thresholds leave a margin below the
-numbers measured in ``docs/demo.md``. The shipped model is weak (trained 16 minutes on a shared
-CPU): its attention finds the object, but ABS does not yet beat CLIP by the issue's 10 points, so
-no accuracy gap is asserted here (docs/demo.md says what was measured).
+tests check that ABS's attention and crops land on the object and that ABS beats CLIP on small
+objects without losing the large ones. Scene sets are fixed (``absclip.demo.scenes.SETS``) and
+ABS is seeded per image, so every number here is a fixed function of the shipped weights; the
+thresholds leave a margin below the numbers measured in ``docs/demo.md``.
 """
 
 from __future__ import annotations
@@ -24,13 +23,20 @@ from absclip.demo.scenes import CLASSES, LARGE_SIZES, SETS, SMALL_SIZES, TRAIN_S
 ROOT = Path(__file__).resolve().parents[1]
 #: scenes of the small set generated for the tests
 N = 100
-#: ABS made cheap enough for CI: few pixel crops (the expensive views), more feature crops (cheap)
-CROPS = {"pixel_crops": 6, "feature_crops": 16}
+#: the issue's setting, 16 pixel and 16 feature crops (fewer pixel crops lose most of the gain:
+#: 6 give 0.443 on the small set, 12 give 0.503); about 40 s for both sets on two cores
+CROPS = {"pixel_crops": 16, "feature_crops": 16}
 #: measured on the shipped model (docs/demo.md), with a margin
-MASS_FACTOR = 3.0  # measured 5.8 (mass 0.103, box share 0.018)
-MASS_MAJORITY = 0.6  # measured 0.72 of the scenes
-CENTRE_FACTOR = 5.0  # measured 15 (0.268 of the centres on the object)
+MASS_FACTOR = 4.0  # measured 8.3 (mass 0.147, box share 0.0177)
+MASS_MAJORITY = 0.85  # measured 0.97 of the scenes
+CENTRE_FACTOR = 10.0  # measured 24 (0.425 of the centres on the object)
 ATTENTION_SCENES = 100
+#: images per scene set for the accuracy tests (the issue asks for at least 300)
+ACC_IMAGES = 300
+SMALL_GAIN = 0.10  # ABS over CLIP on small objects; measured 0.553 vs 0.420 (+13.3 points)
+SMALL_ABS_FLOOR = 0.50
+LARGE_LOSS = 0.05  # ABS under CLIP on large objects at most; measured 0.983 vs 0.970 (ABS ahead)
+LARGE_CLIP_FLOOR = 0.90
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +171,40 @@ def test_attention_and_crop_centres_fall_on_small_objects(clf, small):
     assert np.mean(np.array(mass) > np.array(share)) > MASS_MAJORITY
     # ... and the crops are centred on the object far more often than uniform sampling would be
     assert np.mean(on) > CENTRE_FACTOR * np.mean(share), (np.mean(on), np.mean(share))
+
+
+@pytest.fixture(scope="module")
+def accuracy(clf):
+    """acc1 of CLIP and ABS (class names in the default template, as the README's example) on both scene sets."""
+    from absclip.io.images import make_item
+
+    out = {}
+    for name, (seed, sizes) in SETS.items():
+        scenes = make_scenes(seed, ACC_IMAGES, sizes=sizes)
+        labels = torch.tensor([s.label for s in scenes])
+        items = [make_item(s.image) for s in scenes]
+        hits = {m: 0 for m in ("clip", "abs")}
+        with torch.inference_mode():
+            for i in range(0, len(items), 50):
+                logits = clf.logits_batch(items[i : i + 50], list(hits))
+                for m in hits:
+                    hits[m] += int((logits[m].argmax(-1) == labels[i : i + 50]).sum())
+        out[name] = {m: h / len(items) for m, h in hits.items()}
+    return out
+
+
+def test_abs_beats_clip_on_small_objects(accuracy):
+    """The crops enlarge what the global view misses: ABS gains at least ten points on small objects."""
+    small = accuracy["small"]
+    assert small["abs"] >= small["clip"] + SMALL_GAIN, accuracy
+    assert small["abs"] >= SMALL_ABS_FLOOR, accuracy  # and the model really knows the task
+
+
+def test_abs_keeps_clip_accuracy_on_large_objects(accuracy):
+    """Where the object already fills the view, the crops cost at most five points."""
+    large = accuracy["large"]
+    assert large["abs"] >= large["clip"] - LARGE_LOSS, accuracy
+    assert large["clip"] >= LARGE_CLIP_FLOOR, accuracy
 
 
 def test_a_short_training_run_lowers_the_loss():

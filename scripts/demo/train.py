@@ -1,6 +1,6 @@
 """Train the ``absclip-demo`` model: a 4.2 M-parameter open_clip ViT, contrastively, on generated scenes.
 
-    PYTHONPATH=src python scripts/demo/train.py --steps 1200 --out src/absclip/assets/demo
+    PYTHONPATH=src python scripts/demo/train.py --out src/absclip/assets/demo
 
 Fixed seeds, CPU, two threads. Every batch is a fresh slice of the scene stream (scene ``i`` of seed
 ``--seed``), so a run is a pure function of its arguments up to the float non-determinism of the
@@ -27,7 +27,7 @@ from absclip.demo.scenes import CLASSES, TRAIN_SIZES, make_scene
 
 CONFIG = {
     "embed_dim": 128,
-    "vision_cfg": {"image_size": 128, "layers": 4, "width": 128, "head_width": 32, "patch_size": 16},
+    "vision_cfg": {"image_size": 224, "layers": 4, "width": 128, "head_width": 32, "patch_size": 16},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2},
 }
 NAME = "absclip-demo"
@@ -113,17 +113,17 @@ def save(model: torch.nn.Module, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> list[float]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=4500)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--head", action=argparse.BooleanOptionalAction, default=True,
                    help="add the auxiliary class head during training (see loss_fn)")
     p.add_argument("--patch-dropout", type=float, default=0.0, help="fraction of patch tokens dropped per image")
-    p.add_argument("--save-every", type=int, default=50)
-    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--save-every", type=int, default=250)
+    p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--out", type=Path, default=None, help="where to write the config and weights (None: nowhere)")
     args = p.parse_args(argv)
 
