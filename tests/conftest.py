@@ -77,6 +77,7 @@ SLOW_TESTS = {
     "test_a_short_training_run_lowers_the_loss",
     "test_abs_beats_clip_on_small_objects",
     "test_abs_keeps_clip_accuracy_on_large_objects",
+    "test_readme_see_it_work_lines_run_as_written",
 }
 
 

@@ -56,7 +56,7 @@ def to_tensor(images: list) -> torch.Tensor:
 
 
 def batch(seed: int, start: int, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scenes ``start..start+n-1`` at the model's input size; a third rendered smaller and upscaled (softer)."""
+    """Scenes ``start..start+n-1`` at the model's input size; 30% rendered smaller and upscaled (softer)."""
     from PIL import Image
 
     size = CONFIG["vision_cfg"]["image_size"]
