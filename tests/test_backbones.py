@@ -17,7 +17,7 @@ from absclip.attention.factory import load_attention
 from absclip.attention.layered import ClipLayeredAttention
 from absclip.attention.sources import ClipSelfAttention
 from absclip.backbones import hf as hf_module
-from absclip.backbones import open_clip as oc_module
+from absclip.backbones import open_clip_loaders as oc_module
 from absclip.backbones import registry
 from absclip.backbones.base import Backbone, LoadRequest
 from absclip.backbones.hf import HFClipBackbone

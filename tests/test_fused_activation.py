@@ -16,7 +16,7 @@ from open_clip.transformer import QuickGELU
 
 from absclip import load_clip
 from absclip.backbones.fused_vit import mlp_activation
-from absclip.backbones.open_clip import tag_needs_quick_gelu
+from absclip.backbones.open_clip_loaders import tag_needs_quick_gelu
 
 TINY_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 1, "layers": 1}
 

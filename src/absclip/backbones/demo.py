@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 
 from absclip.backbones.base import Backbone, LoaderRow, LoadRequest
-from absclip.backbones.open_clip import OPENAI_FILE_TAGS, load_open_clip_config
+from absclip.backbones.open_clip_loaders import OPENAI_FILE_TAGS, load_open_clip_config
 from absclip.errors import AbsclipError
 
 DEMO_MODEL = "absclip-demo"

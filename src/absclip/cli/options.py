@@ -208,7 +208,7 @@ def build_classifier(args: argparse.Namespace, methods: Sequence[str] = ()) -> A
 
 
 def _tag_repo(model: str, tag: str) -> str | None:
-    from absclip.backbones.open_clip import pretrained_hub_repo
+    from absclip.backbones.open_clip_loaders import pretrained_hub_repo
 
     return pretrained_hub_repo(model, tag)
 

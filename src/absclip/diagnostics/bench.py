@@ -133,7 +133,7 @@ def bench_quick_gelu(model: str, pretrained: str | None, quick_gelu: bool | None
     ``ViT-B-16`` with OpenAI's weights runs QuickGELU, so that is what is measured, not the
     config's GELU. Named weights and an explicit ``quick_gelu`` are left to the loader.
     """
-    from absclip.backbones.open_clip import tag_needs_quick_gelu
+    from absclip.backbones.open_clip_loaders import tag_needs_quick_gelu
 
     if quick_gelu is None and pretrained is None and tag_needs_quick_gelu(model, DEFAULT_WEIGHTS_TAG):
         return True, [f"random weights with QuickGELU, the activation of {model}'s default "
