@@ -6,7 +6,8 @@ of their times and the difference of their logits are meaningful even on a noisy
 The **naive pipeline** is :func:`absclip.diagnostics.naive.naive_abs_logits` (what it mirrors of the
 reference is listed there). The **optimised pipeline** is the library's own path
 (:func:`absclip.methods.abs.abs_views` and :class:`absclip.methods.abs.ABSMethod`), with decoding in
-DataLoader workers. FLOP estimates come from :mod:`absclip.diagnostics.flops`.
+DataLoader workers. Each run is timed by :mod:`absclip.diagnostics.bench_runs`; FLOP estimates
+come from :mod:`absclip.diagnostics.flops`.
 
 Without ``pretrained`` weights the CLIP model is built from its config with random weights, and
 without an attention model a DINO ViT-B/16 is built from its config with random weights (speed
@@ -22,7 +23,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,22 +33,28 @@ import torch.nn.functional as F
 
 from absclip._version import __version__
 from absclip.attention.factory import load_attention
-from absclip.attention.sources import AttentionSource, ClipSelfAttention, HFAttention
+from absclip.attention.sources import ClipSelfAttention, HFAttention
 from absclip.backbones.base import Backbone, resolve_device, resolve_precision
 from absclip.backbones.registry import load_clip
-from absclip.core.sampling import ABSDraws
 from absclip.core.settings import ABSConfig, fast_abs_config
 from absclip.core.timer import StageTimer
+from absclip.diagnostics.bench_runs import (
+    RunResult,
+    merge_runs,
+    method_run,
+    naive_run,
+    optimised_run,
+    sync_device,
+)
 from absclip.diagnostics.flops import abs_image_flops, attention_pass_flops, naive_image_flops, views_image_flops
 from absclip.diagnostics.naive import naive_abs_logits
-from absclip.diagnostics.timing import peak_rss_mb, reset_peak_rss
+from absclip.diagnostics.timing import peak_rss_mb
 from absclip.errors import AbsclipError
 from absclip.io.images import make_item
-from absclip.io.loader import default_workers, iter_image_batches
+from absclip.io.loader import default_workers
 from absclip.io.sources import list_images
-from absclip.methods.abs import ABSMethod
 from absclip.methods.base import Method, TextInputs, create_method, get_method_class
-from absclip.methods.batch import BatchContext, default_crop_workers, default_view_batch
+from absclip.methods.batch import default_crop_workers, default_view_batch
 from absclip.text.encoder import EncodedBank, TextEncoder
 
 log = logging.getLogger(__name__)
@@ -55,7 +62,7 @@ log = logging.getLogger(__name__)
 #: stage names, in pipeline order (per-image seconds are reported for each)
 STAGES = ("decode", "attention", "crop geometry + resize", "image encoding", "feature crops", "scoring")
 #: the methods measured by ABS's own path (next to the naive pipeline); every other registered method runs
-#: through its ``logits`` (:func:`_method_run`) with its settings from ``BenchSettings.method_settings``
+#: through its ``logits`` (:func:`method_run`) with its settings from ``BenchSettings.method_settings``
 BENCH_METHODS = ("abs", "abs-fast")
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -168,141 +175,6 @@ def random_dino_vitb16(device: torch.device) -> HFAttention:
 
 
 # -------------------------------------------------------------------------------------------
-# the optimised pipeline
-# -------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _RunResult:
-    key: str
-    method: str
-    precision: str
-    logits: torch.Tensor
-    seconds: float
-    stages: dict[str, float]
-    peak_rss_mb: float
-    feature_views: float
-    draws: dict[str, tuple[ABSDraws, torch.Tensor]]
-    peak_gpu_mb: float | None = None
-    cpu_seconds: float = 0.0
-    images_encoded: float = 0.0  # whole images through the image tower, per image (BatchContext.images_encoded)
-
-
-def _merge_runs(parts: Sequence[_RunResult]) -> _RunResult:
-    """Return one result for consecutive batches of the same run (times and stages summed)."""
-    stages: dict[str, float] = {}
-    draws: dict[str, tuple[ABSDraws, torch.Tensor]] = {}
-    for p in parts:
-        for k, v in p.stages.items():
-            stages[k] = stages.get(k, 0.0) + v
-        draws.update(p.draws)
-    n = sum(len(p.logits) for p in parts)
-    gpu = [p.peak_gpu_mb for p in parts if p.peak_gpu_mb is not None]
-    return _RunResult(parts[0].key, parts[0].method, parts[0].precision, torch.cat([p.logits for p in parts]),
-                      sum(p.seconds for p in parts), stages, max(p.peak_rss_mb for p in parts),
-                      sum(p.feature_views * len(p.logits) for p in parts) / max(1, n), draws,
-                      max(gpu) if gpu else None, sum(p.cpu_seconds for p in parts),
-                      sum(p.images_encoded * len(p.logits) for p in parts) / max(1, n))
-
-
-def _naive_run(
-    paths: Sequence[str], bb: Backbone, attention: AttentionSource, cfg: ABSConfig, seed: int,
-    bank: EncodedBank, draws: dict[str, tuple[ABSDraws, torch.Tensor]] | None,
-) -> dict[str, Any]:
-    """Time the naive pipeline (decoding included) on ``paths``; return seconds, stages, logits, peak RSS."""
-    timer = StageTimer()
-    reset_peak_rss()
-    _sync(bb.device)
-    start, cpu = time.perf_counter(), time.process_time()
-    with timer("decode"):
-        items = [make_item(p) for p in paths]
-    logits, mism = naive_abs_logits(items, bb, attention, cfg, seed, bank, timer, draws)
-    _sync(bb.device)
-    return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
-            "stages": dict(timer.seconds), "logits": logits, "peak_rss_mb": peak_rss_mb(), "topk_mismatches": mism}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class _Clock:
-    """Wall and CPU time of one timed run, peak RSS and CUDA memory reset at its start."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        reset_peak_rss()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        _sync(device)
-        self.start, self.cpu = time.perf_counter(), time.process_time()
-
-    def stop(self) -> tuple[float, float, float | None]:
-        """Return ``(seconds, cpu_seconds, peak_gpu_mib or None)`` since the start."""
-        _sync(self.device)
-        seconds, cpu = time.perf_counter() - self.start, time.process_time() - self.cpu
-        gpu = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
-        return seconds, cpu, gpu
-
-
-def _timed_batches(paths: Sequence[str], s: BenchSettings, timer: StageTimer) -> Iterator[list]:
-    """Yield decoded image batches of ``paths``, the decoding timed as stage ``decode``."""
-    batches = iter_image_batches(paths, s.batch_size, workers=s.workers)
-    while True:
-        with timer("decode"):
-            items = next(batches, None)
-        if items is None:
-            return
-        yield items
-
-
-def _optimised_run(
-    key: str, method_name: str, precision: str, paths: Sequence[str], bb: Backbone, attention: AttentionSource,
-    cfg: ABSConfig, bank: EncodedBank, s: BenchSettings,
-) -> _RunResult:
-    method = ABSMethod(cfg)
-    method.bank = bank
-    timer = StageTimer()
-    logits, draws = [], {}
-    feat_views = 0
-    clock = _Clock(bb.device)
-    for items in _timed_batches(paths, s, timer):
-        ctx = BatchContext(items, bb, attention, feature_layer=cfg.feature_layer, view_batch=s.view_batch,
-                           crop_workers=s.crop_workers, timer=timer)
-        with torch.inference_mode():
-            views = method.views(ctx, s.seed)
-            logits.append(method.score(views, timer).float().cpu())
-        feat_views += ctx.feature_crops_encoded
-        for it, v in zip(items, views):
-            draws[it.key] = (v.draws, v.topk_idx)
-    seconds, cpu, gpu = clock.stop()
-    return _RunResult(key, method_name, precision, torch.cat(logits), seconds, dict(timer.seconds), peak_rss_mb(),
-                      feat_views / max(1, len(paths)), draws, gpu, cpu)
-
-
-def _method_run(key: str, method: Method, precision: str, paths: Sequence[str], bb: Backbone,
-                attention: AttentionSource | None, s: BenchSettings) -> _RunResult:
-    """Time any registered method (decoding included) through its own ``logits`` on ``paths``.
-
-    The method object is kept across the batches of a repeat, as in eval: a method with state across
-    images (TDA's caches) carries it on, which is what its speed in a run is; each repeat starts anew.
-    """
-    timer = StageTimer()
-    logits, encoded = [], 0
-    clock = _Clock(bb.device)
-    for items in _timed_batches(paths, s, timer):
-        ctx = BatchContext(items, bb, attention if method.needs_attention else None, feature_layer=method.token_layer,
-                           view_batch=s.view_batch, crop_workers=s.crop_workers, timer=timer)
-        with torch.inference_mode():
-            logits.append(method.logits(ctx, s.seed).float().cpu())
-        encoded += ctx.images_encoded
-    seconds, cpu, gpu = clock.stop()
-    return _RunResult(key, method.name, precision, torch.cat(logits), seconds, dict(timer.seconds), peak_rss_mb(),
-                      0.0, {}, gpu, cpu, encoded / max(1, len(paths)))
-
-
-# -------------------------------------------------------------------------------------------
 # text
 # -------------------------------------------------------------------------------------------
 
@@ -376,11 +248,11 @@ def _text_throughput(bb: Backbone, n: int, per_class: int) -> dict[str, float]:
     texts = [f"a photo of a thing number {i}, which has a distinctive shape and colour." for i in range(n)]
     t0 = time.perf_counter()
     bb.encode_texts(texts, batch_size=256)
-    _sync(bb.device)
+    sync_device(bb.device)
     t1 = time.perf_counter()
     for i in range(0, n, per_class):  # the reference encodes one class's descriptions per call
         bb.encode_texts(texts[i : i + per_class], batch_size=per_class)
-    _sync(bb.device)
+    sync_device(bb.device)
     t2 = time.perf_counter()
     return {"sentences": n, "batched_per_s": n / (t1 - t0), "per_class_per_s": n / (t2 - t1)}
 
@@ -475,22 +347,22 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
         for meth in s.methods:
             for dt in dict.fromkeys(dtypes):
                 if meth not in BENCH_METHODS:
-                    _method_run("warmup", others[meth, dt], DTYPE_NAMES[dt], paths[:1], backbones[dt], attention,
+                    method_run("warmup", others[meth, dt], DTYPE_NAMES[dt], paths[:1], backbones[dt], attention,
                                 dataclasses.replace(s, workers=0))
                     continue
-                _optimised_run("warmup", meth, DTYPE_NAMES[dt], paths[:1], backbones[dt], attention, cfgs[meth],
+                optimised_run("warmup", meth, DTYPE_NAMES[dt], paths[:1], backbones[dt], attention, cfgs[meth],
                                banks[dt], dataclasses.replace(s, workers=0))
         if s.naive:
             naive_abs_logits([make_item(paths[0])], base, attention, cfg_faithful, s.seed, base_bank, StageTimer())
     n = len(paths)
     chunks = [paths[i : i + s.batch_size] for i in range(0, n, s.batch_size)]
     keys = [(meth, dt) for meth in s.methods for dt in dict.fromkeys(dtypes)]
-    runs: dict[str, _RunResult] = {}
+    runs: dict[str, RunResult] = {}
     naive: dict[str, Any] | None = None
     naive_logits: torch.Tensor | None = None
     for r in range(s.repeat):
         # interleave at batch granularity: every pipeline sees the same machine load
-        parts: dict[str, list[_RunResult]] = {f"{m}@{DTYPE_NAMES[dt]}": [] for m, dt in keys}
+        parts: dict[str, list[RunResult]] = {f"{m}@{DTYPE_NAMES[dt]}": [] for m, dt in keys}
         naive_parts: list[dict[str, Any]] = []
         for m in others.values():  # a stateful (online) method starts each repeat from an empty stream
             m.reset()
@@ -499,17 +371,17 @@ def run_benchmark(s: BenchSettings) -> dict[str, Any]:
             for meth, dt in keys:
                 key = f"{meth}@{DTYPE_NAMES[dt]}"
                 if meth not in BENCH_METHODS:
-                    parts[key].append(_method_run(key, others[meth, dt], DTYPE_NAMES[dt], chunk, backbones[dt],
+                    parts[key].append(method_run(key, others[meth, dt], DTYPE_NAMES[dt], chunk, backbones[dt],
                                                   attention, s))
                     continue
-                parts[key].append(_optimised_run(key, meth, DTYPE_NAMES[dt], chunk, backbones[dt], attention,
+                parts[key].append(optimised_run(key, meth, DTYPE_NAMES[dt], chunk, backbones[dt], attention,
                                                  cfgs[meth], banks[dt], s))
             if s.naive:
                 donor = next((parts[k][-1] for k in parts if k.startswith("abs@")), None)
-                naive_parts.append(_naive_run(chunk, base, attention, cfg_faithful, s.seed, base_bank,
+                naive_parts.append(naive_run(chunk, base, attention, cfg_faithful, s.seed, base_bank,
                                               donor.draws if donor else None))
         for key, ps in parts.items():
-            res = _merge_runs(ps)
+            res = merge_runs(ps)
             if key not in runs or res.seconds < runs[key].seconds:
                 runs[key] = res
             log.info("repeat %d: %s %.2f s/image", r + 1, key, res.seconds / n)

@@ -29,7 +29,8 @@ from absclip._version import __version__
 from absclip.backbones.base import resolve_device, resolve_precision
 from absclip.backbones.open_clip import CPU_TEXT_BATCH, ClipBackbone
 from absclip.backbones.registry import load_clip
-from absclip.diagnostics.bench import DTYPE_NAMES, _cpu_name, _sync, bench_quick_gelu
+from absclip.diagnostics.bench import DTYPE_NAMES, _cpu_name, bench_quick_gelu
+from absclip.diagnostics.bench_runs import sync_device
 from absclip.errors import AbsclipError
 from absclip.text.encoder import TextEncoder
 from absclip.text.sources import read_text_source
@@ -88,10 +89,10 @@ def full_length(bb: ClipBackbone, texts: list[str], batch_size: int = NAIVE_BATC
 
 
 def _timed(fn: Any, device: torch.device) -> tuple[torch.Tensor, float, float]:
-    _sync(device)
+    sync_device(device)
     t, c = time.perf_counter(), time.process_time()
     out = fn()
-    _sync(device)
+    sync_device(device)
     return out, time.perf_counter() - t, time.process_time() - c
 
 
