@@ -15,7 +15,8 @@ from absclip.attention.maps import robust_outliers, rollout, sink_tokens, suppre
 from absclip.attention.sources import HFAttention
 from absclip.cli.main import main
 from absclip.core import scoring
-from absclip.diagnostics.explain import clip_input_region, explain, heatmap_overlay
+from absclip.diagnostics.explain import clip_input_region, explain
+from absclip.diagnostics.explain_figure import heatmap_overlay
 
 from .conftest import CLIP_CFG, CLIP_WEIGHTS, DATA, DINO, GOLDEN
 
@@ -253,7 +254,7 @@ def test_cli_explain_bad_map(tmp_path, capsys):
 
 @pytest.mark.parametrize("n", [1, 3, 1000])
 def test_picture_reads_for_1_to_1000_classes(backbone, dino, tmp_path, n):
-    from absclip.diagnostics.explain import MAX_BARS, format_distinct, shorten_distinct
+    from absclip.diagnostics.explain_figure import MAX_BARS, format_distinct, shorten_distinct
     from absclip.text.classes import load_classes
 
     imagenet = load_classes(classes_file=DATA / "imagenet-meta" / "imagenet_classes.tsv")

@@ -10,7 +10,8 @@ from absclip.io.files import json_text
 def cmd_explain(args: argparse.Namespace) -> int:
     """absclip explain: write the explanation PNG of one image and print its top classes."""
     from absclip.cli.options import build_classifier, read_class_inputs, set_classes
-    from absclip.diagnostics.explain import explain, format_distinct
+    from absclip.diagnostics.explain import explain
+    from absclip.diagnostics.explain_figure import format_distinct
     from absclip.io.images import make_item
 
     item = make_item(args.image, max_pixels=args.max_pixels)

@@ -172,7 +172,7 @@ def metrics_plot(data: ReportData) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from absclip.diagnostics.explain import OKABE_ITO
+    from absclip.diagnostics.explain_figure import OKABE_ITO
 
     colours = (OKABE_ITO["blue"], OKABE_ITO["orange"], OKABE_ITO["green"])
     fig = Figure(figsize=(max(5.0, 1.3 * len(data.methods) + 2.5), 3.4), dpi=100, layout="constrained")
@@ -197,7 +197,7 @@ def worst_classes_plot(data: ReportData, method: str, rows: Sequence[tuple[int, 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from absclip.diagnostics.explain import OKABE_ITO
+    from absclip.diagnostics.explain_figure import OKABE_ITO
 
     shown = [r for r in rows if method in r[1]][:WORST_CLASSES_PLOTTED][::-1]
     fig = Figure(figsize=(7.5, 0.25 * len(shown) + 1.4), dpi=100, layout="constrained")
@@ -283,9 +283,9 @@ def build_report(
         gallery_method: whose mistakes the gallery shows (default: ``abs`` if evaluated, else the first).
         progress: show a progress bar on stderr for the gallery (when it is a terminal).
     """
-    from absclip.diagnostics.explain import _require_matplotlib
+    from absclip.diagnostics.explain_figure import require_matplotlib
 
-    _require_matplotlib()
+    require_matplotlib()
     methods = data.methods
     gm = gallery_method or ("abs" if "abs" in methods else methods[0])
     if gm not in methods:
