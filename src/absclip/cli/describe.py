@@ -32,7 +32,7 @@ offline: export ABSCLIP_DESCRIPTIONS_DIR=/path/to/copy  (laid out as <folder>/<p
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add ``describe`` and ``descriptions {list,fetch}`` to the ``absclip`` parser (``common`` is not used)."""
-    from absclip.text.describe import DEFAULT_BASE_URL, DEFAULT_MODEL, ChatSettings
+    from absclip.text.chat import DEFAULT_BASE_URL, DEFAULT_MODEL, ChatSettings
 
     d = ChatSettings()
     fmt = argparse.RawDescriptionHelpFormatter
@@ -88,16 +88,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def cmd_describe(args: argparse.Namespace) -> int:
     """absclip describe: generate descriptions with an LLM; returns 0, or 1 when some classes failed."""
+    from absclip.text.chat import DEFAULT_SYSTEM_PROMPT, ChatClient, ChatFatalError, ChatSettings
     from absclip.text.classes import load_classes
-    from absclip.text.describe import (
-        DEFAULT_QUESTIONS,
-        DEFAULT_SYSTEM_PROMPT,
-        ChatClient,
-        ChatFatalError,
-        ChatSettings,
-        generate_descriptions,
-        load_questions,
-    )
+    from absclip.text.describe import DEFAULT_QUESTIONS, generate_descriptions, load_questions
 
     if args.backoff < 0 or args.timeout <= 0 or args.max_retries < 0:
         raise AbsclipError("--backoff and --max-retries must be >= 0 and --timeout > 0.")
