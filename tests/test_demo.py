@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: scenes of the small set generated for the tests
 N = 100
 #: the issue's setting, 16 pixel and 16 feature crops (fewer pixel crops lose most of the gain:
-#: 6 give 0.443 on the small set, 12 give 0.503); about 40 s for both sets on two cores
+#: 6 give 0.443 on the small set, 12 give 0.503); 40-65 s for both sets on two cores
 CROPS = {"pixel_crops": 16, "feature_crops": 16}
 #: measured on the shipped model (docs/demo.md), with a margin
 MASS_FACTOR = 4.0  # measured 8.3 (mass 0.147, box share 0.0177)
