@@ -70,15 +70,13 @@ def naive_run(
 ) -> dict[str, Any]:
     """Time the naive pipeline (decoding included) on ``paths``; return seconds, stages, logits, peak RSS."""
     timer = StageTimer()
-    reset_peak_rss()
-    sync_device(bb.device)
-    start, cpu = time.perf_counter(), time.process_time()
+    clock = Clock(bb.device)
     with timer("decode"):
         items = [make_item(p) for p in paths]
     logits, mism = naive_abs_logits(items, bb, attention, cfg, seed, bank, timer, draws)
-    sync_device(bb.device)
-    return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
-            "stages": dict(timer.seconds), "logits": logits, "peak_rss_mb": peak_rss_mb(), "topk_mismatches": mism}
+    seconds, cpu, _ = clock.stop()
+    return {"seconds": seconds, "cpu_seconds": cpu, "stages": dict(timer.seconds), "logits": logits,
+            "peak_rss_mb": peak_rss_mb(), "topk_mismatches": mism}
 
 
 def sync_device(device: torch.device) -> None:
