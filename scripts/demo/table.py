@@ -38,7 +38,7 @@ ROWS = [  # (row, method, descriptions, classifier options)
     ("abs + sink suppression", "abs", DESC, {"abs_config": ABS, "sink_threshold": DEFAULT_SINK_THRESHOLD}),
     ("abs + shared centres (paper)", "abs", DESC,
      {"abs_config": ABSConfig(pixel_crops=16, feature_crops=16, centres="shared")}),
-    ("abs (6 + 16 crops, as in tests/test_demo.py)", "abs", DESC,
+    ("abs (6 + 16 crops: fewer pixel crops)", "abs", DESC,
      {"abs_config": ABSConfig(pixel_crops=6, feature_crops=16)}),
 ]
 
