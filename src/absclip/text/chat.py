@@ -1,9 +1,10 @@
 """A client for any OpenAI-compatible chat-completions server: retries, backoff, Retry-After, cancellation.
 
-Requests are retried with exponential backoff and jitter on 429, 5xx, connection errors and
-malformed answers, honouring Retry-After (capped); 4xx answers other than 429 are fatal and say
-the server's own message in one sentence. The API key is read from an environment variable and
-only ever sent as a Bearer header. :mod:`absclip.text.describe` asks it CuPL's questions."""
+Requests are retried with exponential backoff and jitter on 429, 408, 409, 5xx, connection
+errors and malformed answers, honouring Retry-After (capped); 401/403 (the key) and 404 (the URL
+or model) stop the run with one sentence that says what to check, and a server that refuses
+``n`` > 1 is asked one completion per request. The API key is read from an environment variable
+and only ever sent as a Bearer header. :mod:`absclip.text.describe` asks it CuPL's questions."""
 
 from __future__ import annotations
 
